@@ -1,0 +1,93 @@
+"""`climb-hpc <command> [key=value ...]`: run, status.
+
+    climb-hpc run [run_dir=DIR] [until=STAGE] [cluster=local|debug|slurm|dgx_h100_32n] [key=value ...]
+    climb-hpc status run_dir=DIR [format=json]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from climb_hpc.config import ConfigError
+from climb_hpc.rundir import RunDir, RunDirLocked
+
+USAGE = __doc__.strip()
+log = logging.getLogger("climb_hpc")
+
+
+def _kv(args: list[str]) -> dict[str, str]:
+    out = {}
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"expected key=value, got {a!r}")
+        k, v = a.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cmd_run(args: list[str]) -> int:
+    from climb_hpc.config import compose
+    from climb_hpc.pipeline import run_pipeline
+
+    cfg = compose(args)
+    t0 = time.time()
+    results = run_pipeline(cfg)
+    if cfg.get("dry_run"):
+        print(f"dry run: nothing submitted; scripts in {RunDir(cfg.run_dir).path / 'sbatch'}")
+        return 0
+    print(f"\nrun folder: {RunDir(cfg.run_dir).path}  ({time.time() - t0:.1f} s)")
+    for r in results:
+        what = "already complete" if r.ran == 0 else f"ran {r.ran} task(s) in {r.seconds:.1f} s"
+        print(f"  {r.name:<10} {r.num_tasks:>6} task(s)  {what}")
+    return 0
+
+
+def cmd_status(args: list[str]) -> int:
+    from climb_hpc.pipeline import status
+
+    kv = _kv(args)
+    if "run_dir" not in kv:
+        raise ConfigError("status needs run_dir=DIR")
+    rows = status(RunDir(kv["run_dir"]))
+    if kv.get("format") == "json":
+        print(json.dumps({"run_dir": str(RunDir(kv["run_dir"]).path), "stages": rows}, indent=2))
+        return 0
+    print(f"{'stage':<12}{'done':>8}{'total':>8}{'failed':>8}  state")
+    for r in rows:
+        total = "?" if r["total"] is None else r["total"]
+        state = "complete" if r["complete"] else ("failed" if r["failed"] else ("running" if r["done"] else "waiting"))
+        print(f"{r['stage']:<12}{r['done']:>8}{total:>8}{r['failed']:>8}  {state}")
+        for f in r["failures"][:5]:
+            print(f"    task {f['task']}: {f['error']}\n      log: {f['log']}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
+        print(USAGE)
+        return 0 if not argv or argv[0] in ("-h", "--help", "help") else 2
+    from climb_hpc.pipeline import StageFailed
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ConfigError, RunDirLocked, FileNotFoundError) as e:
+        print(f"climb-hpc: error: {e}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"climb-hpc: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nclimb-hpc: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

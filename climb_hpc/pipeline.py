@@ -1,0 +1,187 @@
+"""The stage graph and the controller loop: what is done, what to launch next.
+
+Stages are named in ``cfg.pipeline.stages`` and looked up in ``REGISTRY`` (name -> "module:ATTR"),
+imported lazily so that a task process imports only its own stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from climb_hpc import __version__
+from climb_hpc.config import ConfigError, differing_keys
+from climb_hpc.rundir import RunDir
+from climb_hpc.stage import Resources, Stage
+
+log = logging.getLogger("climb_hpc")
+
+REGISTRY: dict[str, str] = {
+    "ingest": "climb_hpc.corpus.ingest:STAGE",
+    # diagnostics: prove a cluster setup end to end (see climb_hpc/selftest.py)
+    "noop": "climb_hpc.selftest:NOOP",
+    "counter": "climb_hpc.selftest:COUNTER",
+    "dist": "climb_hpc.selftest:DIST",
+}
+
+
+class StageFailed(RuntimeError):
+    """Tasks of a stage still failed after the allowed retries."""
+
+
+def get_stage(name: str) -> Stage:
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(REGISTRY)}") from None
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def stage_names(cfg: DictConfig) -> list[str]:
+    """The stages to run, in order, up to and including ``cfg.until``."""
+    names = list(cfg.pipeline.stages)
+    for n in names:
+        get_stage(n)
+    until = cfg.get("until")
+    if until:
+        if until not in names:
+            raise ConfigError(f"until={until} is not a stage of this pipeline ({', '.join(names)})")
+        names = names[: names.index(until) + 1]
+    return names
+
+
+def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:
+    """The stage's own resources, overridden by ``cluster.stage_resources.<stage>`` when given."""
+    res = stage.resources(cfg)
+    override = OmegaConf.select(cfg, f"cluster.stage_resources.{stage.name}")
+    if override:
+        fields = {k: v for k, v in OmegaConf.to_container(override).items()}  # type: ignore[union-attr]
+        unknown = set(fields) - set(Resources.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"cluster.stage_resources.{stage.name}: unknown keys {sorted(unknown)}; "
+                              f"allowed: {sorted(Resources.__dataclass_fields__)}")
+        res = Resources(**{**res.__dict__, **fields})
+    return res
+
+
+def open_run(cfg: DictConfig, rd: Optional[RunDir] = None) -> RunDir:
+    """Create the run folder, or check that a resumed run keeps the config it was started with.
+
+    Call it holding the run folder's lock: it writes config.yaml and the manifest."""
+    rd = rd or RunDir(cfg.run_dir)
+    if rd.exists():
+        diff = differing_keys(rd.load_config(), cfg)
+        if diff:
+            raise ConfigError(
+                f"run folder {rd.path} was started with a different config ({', '.join(diff[:8])} differ). "
+                "Resume it without those overrides, or start a new run with another run_dir=."
+            )
+        # runtime keys (cluster, until, ...) may change between launches
+        saved = rd.load_config()
+        for key in ("cluster", "until", "dry_run"):
+            saved[key] = cfg.get(key)
+        rd.save_config(saved)
+    else:
+        rd.save_config(cfg)
+        rd.update_manifest(created=time.time(), climb_hpc=__version__, python=platform.python_version(),
+                           host=socket.gethostname(), stages={})
+    return rd
+
+
+@dataclass
+class StageResult:
+    name: str
+    num_tasks: int
+    ran: int
+    seconds: float
+    failed: dict[int, dict] = field(default_factory=dict)
+
+
+def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: "Executor") -> Optional[StageResult]:
+    """Run the stage's unfinished tasks (retrying failures), then its finalize. None on dry run."""
+    t0 = time.time()
+    n = stage.num_tasks(cfg, rd)
+    res = stage_resources(cfg, stage)
+    todo = [t for t in range(n) if not rd.is_done(stage.name, t)]
+    rd.update_manifest(stages={stage.name: {"num_tasks": n, "resources": res.__dict__}})
+    ran = len(todo)
+    if todo:
+        log.info("stage %s: %d of %d tasks to run (%s)", stage.name, len(todo), n, executor.describe(res))
+    retries = int(cfg.cluster.get("max_retries", 1))
+    for attempt in range(retries + 1):
+        if not todo:
+            break
+        if attempt:
+            log.warning("stage %s: retrying %d failed task(s) (attempt %d of %d)", stage.name, len(todo), attempt, retries)
+        if executor.run_tasks(stage, todo, res) == "dry_run":
+            return None
+        todo = [t for t in todo if not rd.is_done(stage.name, t)]
+    if todo:
+        failed = rd.failures(stage.name)
+        lines = [f"  task {t}: {(failed.get(t) or {}).get('error', 'no marker written').splitlines()[0]}"
+                 f"  (log: {(failed.get(t) or {}).get('log') or rd.log_dir(stage.name)})" for t in todo[:10]]
+        raise StageFailed(
+            f"stage {stage.name}: {len(todo)} of {n} task(s) failed after {retries} retr{'y' if retries == 1 else 'ies'}:\n"
+            + "\n".join(lines)
+            + f"\nFix the cause and run the same command again: finished tasks are kept."
+        )
+    if stage.finalize is not None:
+        stage.finalize(cfg, rd)
+    seconds = time.time() - t0
+    rd.mark_stage_complete(stage.name, num_tasks=n, seconds=round(seconds, 3))
+    rd.update_manifest(stages={stage.name: {"num_tasks": n, "completed": time.time()}})
+    return StageResult(stage.name, n, ran, seconds)
+
+
+def run_pipeline(cfg: DictConfig) -> list[StageResult]:
+    """Run or resume the pipeline in ``cfg.run_dir``; finished tasks and stages are never rerun."""
+    from climb_hpc.scheduler import make_executor
+
+    names = stage_names(cfg)
+    results: list[StageResult] = []
+    with RunDir(cfg.run_dir) as rd:  # the exclusive controller lock, before anything is written
+        open_run(cfg, rd)
+        executor = make_executor(cfg, rd)
+        for name in names:
+            if rd.stage_complete(name):
+                log.info("stage %s: already complete, skipped", name)
+                results.append(StageResult(name, rd.manifest().get("stages", {}).get(name, {}).get("num_tasks", 0), 0, 0.0))
+                continue
+            r = run_stage(cfg, rd, get_stage(name), executor)
+            if r is None:  # dry run: later stages need this one's outputs
+                break
+            results.append(r)
+    return results
+
+
+def status(rd: RunDir) -> list[dict]:
+    """Per stage: done / total / failed (with log paths), from the run folder alone."""
+    cfg = rd.load_config()
+    manifest = rd.manifest().get("stages", {})
+    rows = []
+    for name in cfg.pipeline.stages:
+        total = manifest.get(name, {}).get("num_tasks")
+        done = len(rd.done_tasks(name))
+        failed = rd.failures(name)
+        rows.append({
+            "stage": name,
+            "done": done,
+            "total": total,
+            "complete": rd.stage_complete(name),
+            "failed": len(failed),
+            "failures": [{"task": t, "error": f.get("error", "").splitlines()[0] if f.get("error") else "",
+                          "log": f.get("log")} for t, f in sorted(failed.items())],
+            "logs": str(rd.path / "logs" / name),
+        })
+    return rows
+
+
+from climb_hpc.scheduler.base import Executor  # noqa: E402  (type used in annotations above)

@@ -1,0 +1,232 @@
+"""The run folder: all pipeline state lives here, nowhere else.
+
+    <run_dir>/config.yaml            resolved config, written once
+    <run_dir>/manifest.json          version, hosts, per-stage task counts and completion times
+    <run_dir>/.lock                  held (flock) by the one controller working on this folder
+    <run_dir>/<stage>/...            a stage's outputs
+    <run_dir>/_done/<stage>/<task>   completion markers, written LAST: marker exists => outputs complete
+    <run_dir>/_done/<stage>/_stage   the stage finished (all tasks + finalize)
+    <run_dir>/_failed/<stage>/<task> the last failure of a task (error, log path); cleared on success
+    <run_dir>/logs/<stage>/          one log per task
+
+Every file is written to a temporary name in the same folder and renamed, so a killed writer leaves
+either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+PathLike = Union[str, os.PathLike]
+STAGE_MARKER = "_stage"
+
+
+class RunDirLocked(RuntimeError):
+    """Another controller holds the run folder."""
+
+
+def atomic_write(path: PathLike, data: Union[str, bytes]) -> None:
+    """Write ``data`` to ``path`` via a temp file + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (file or folder); rename it onto ``path`` on success.
+
+    For writers that want a file name (pyarrow, torch.save, zarr): they write to the yielded path.
+    An existing ``path`` is replaced; on error the temporary is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def read_json(path: PathLike, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return default
+
+
+class RunDir:
+    """Paths and state of one run folder. Cheap to construct; holds no open handles but the lock."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path).resolve()
+        self._lock_fd: Optional[int] = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- layout
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def stage_dir(self, stage: str) -> Path:
+        d = self.path / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def log_dir(self, stage: str) -> Path:
+        d = self.path / "logs" / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _marker(self, stage: str, task: Union[int, str]) -> Path:
+        name = task if isinstance(task, str) else f"{task:05d}"
+        return self.path / "_done" / stage / name
+
+    def _failure(self, stage: str, task: int) -> Path:
+        return self.path / "_failed" / stage / f"{task:05d}"
+
+    # ---- config and manifest
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def save_config(self, cfg: DictConfig) -> None:
+        atomic_write(self.config_path, OmegaConf.to_yaml(cfg, resolve=True))
+
+    def load_config(self) -> DictConfig:
+        if not self.config_path.exists():
+            raise FileNotFoundError(
+                f"{self.path} is not a climb-hpc run folder (no config.yaml). "
+                f"Start one with: climb-hpc run run_dir={self.path}"
+            )
+        return OmegaConf.load(self.config_path)  # type: ignore[return-value]
+
+    def manifest(self) -> dict:
+        return read_json(self.manifest_path, default={})
+
+    def update_manifest(self, **fields: Any) -> dict:
+        """Merge ``fields`` into the manifest (only the controller writes it, under the lock)."""
+        m = self.manifest()
+        for k, v in fields.items():
+            if isinstance(v, dict) and isinstance(m.get(k), dict):
+                m[k] = {**m[k], **v}
+            else:
+                m[k] = v
+        atomic_write_json(self.manifest_path, m)
+        return m
+
+    # ---- completion markers
+    def is_done(self, stage: str, task: int) -> bool:
+        return self._marker(stage, task).exists()
+
+    def mark_done(self, stage: str, task: int, **info: Any) -> None:
+        """Write the task's completion marker. Call only after every output is in place."""
+        atomic_write_json(self._marker(stage, task), {"finished": time.time(), "host": socket.gethostname(), **info})
+        with contextlib.suppress(FileNotFoundError):
+            self._failure(stage, task).unlink()
+
+    def done_tasks(self, stage: str) -> set[int]:
+        d = self.path / "_done" / stage
+        if not d.is_dir():
+            return set()
+        return {int(p.name) for p in d.iterdir() if p.name.isdigit()}
+
+    def stage_complete(self, stage: str) -> bool:
+        return self._marker(stage, STAGE_MARKER).exists()
+
+    def mark_stage_complete(self, stage: str, **info: Any) -> None:
+        atomic_write_json(self._marker(stage, STAGE_MARKER), {"finished": time.time(), **info})
+
+    def clear_stage(self, stage: str) -> None:
+        """Forget a stage's completion (markers only); its tasks rerun and overwrite their outputs."""
+        shutil.rmtree(self.path / "_done" / stage, ignore_errors=True)
+
+    # ---- failures
+    def mark_failed(self, stage: str, task: int, error: str, log: Optional[str] = None) -> None:
+        atomic_write_json(self._failure(stage, task), {"time": time.time(), "error": error, "log": log})
+
+    def failures(self, stage: str) -> dict[int, dict]:
+        d = self.path / "_failed" / stage
+        if not d.is_dir():
+            return {}
+        done = self.done_tasks(stage)
+        out = {}
+        for p in d.iterdir():
+            if p.name.isdigit() and int(p.name) not in done:
+                out[int(p.name)] = read_json(p, default={})
+        return out
+
+    # ---- the controller lock
+    def acquire_lock(self) -> None:
+        """Take the exclusive controller lock, or raise ``RunDirLocked`` saying who holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / ".lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read_text().strip() or "unknown"
+            os.close(fd)
+            raise RunDirLocked(
+                f"run folder {self.path} is in use by another controller ({holder}). "
+                "Wait for it to finish or stop it; `climb-hpc status` shows progress meanwhile."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunDir":
+        self.acquire_lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release_lock()

@@ -1,0 +1,205 @@
+"""Tasks as Slurm job arrays through submitit: the only module that imports submitit.
+
+One stage = one job array (split at the cluster's MaxArraySize, the parts chained so the ``%N``
+throttle holds overall). Each array element runs ``SlurmTask`` -> ``climb_hpc.task.execute``.
+Preemption: for a checkpointable stage the USR2 signal only raises a flag; the task saves at its next
+safe point and raises ``Preempted``, and then submitit's own handler requeues the job (timeouts are
+requeued at most ``cluster.max_num_timeout`` times). Job ids are kept in the run folder, so a
+restarted controller re-attaches to jobs still queued or running instead of submitting them twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import submitit
+from submitit.core.utils import JobPaths
+from submitit.slurm.slurm import _make_sbatch_string
+
+from climb_hpc import preempt
+from climb_hpc.config import ConfigError
+from climb_hpc.rundir import atomic_write, atomic_write_json, read_json
+from climb_hpc.scheduler.base import Executor, Outcome
+from climb_hpc.scheduler.distributed import slurm_env
+from climb_hpc.scheduler.slurm_options import max_array_size, submitit_parameters, test_only
+from climb_hpc.stage import Resources, Stage
+
+log = logging.getLogger("climb_hpc")
+
+
+class SlurmTask(submitit.helpers.Checkpointable):
+    """What one array element runs (pickled by submitit). ``checkpoint`` resubmits it unchanged:
+    the task's own state lives in the run folder."""
+
+    def __init__(self, run_dir: str, stage: str, checkpointable: bool):
+        self.run_dir, self.stage, self.checkpointable = run_dir, stage, checkpointable
+
+    def __call__(self, task: int) -> str:
+        from climb_hpc.task import execute
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        env = submitit.JobEnvironment()
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            os.environ.update(slurm_env())
+        log_path = str(env.paths.stdout)
+        if env.global_rank == 0:
+            _link(Path(self.run_dir) / "logs" / self.stage / f"task_{task:05d}.log", Path(log_path))
+        requeue = preempt.install_handler(signal.SIGUSR2) if self.checkpointable else None
+        try:
+            return execute(self.run_dir, self.stage, task, log_path=log_path)
+        except preempt.Preempted:
+            log.warning("task %s/%d saved its state after a preemption signal", self.stage, task)
+            assert callable(requeue)
+            requeue(signal.SIGUSR2, None)  # submitit: checkpoint() + scontrol requeue + exit (rank 0)
+            time.sleep(300)  # other ranks: rank 0's requeue ends this process
+            sys.exit(1)
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point logs/<stage>/task_NNNNN.log at submitit's log of the current attempt."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError:
+        pass
+
+
+class SlurmExecutor(Executor):
+    def describe(self, res: Resources) -> str:
+        c = self.cfg.cluster
+        where = ", ".join(f"{k}={c.get(k)}" for k in ("partition", "account", "qos", "reservation") if c.get(k))
+        return (f"Slurm job array, {res.nodes} node(s) x {res.tasks_per_node} task(s), {res.cpus} CPU(s), "
+                f"{res.gpus} GPU(s) a task, at most {c.get('array_parallelism')} at once" + (f", {where}" if where else ""))
+
+    def _executor(self, stage: Stage, res: Resources) -> tuple[submitit.SlurmExecutor, dict[str, Any]]:
+        params = submitit_parameters(self.cfg.cluster, res, job_name=f"climb-{stage.name}")
+        folder = self.rd.log_dir(stage.name) / "slurm"
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(self.cfg.cluster.get("max_num_timeout", 3)))
+        ex.update_parameters(**params)
+        return ex, params
+
+    def sbatch_script(self, ex: submitit.SlurmExecutor, n: int) -> str:
+        """The batch script submitit would submit for an array of ``n`` tasks."""
+        params = dict(ex.parameters)
+        if n > 1:
+            params["map_count"] = n
+        return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
+
+    def run_tasks(self, stage: Stage, tasks: list[int], res: Resources) -> Outcome:
+        ex, _ = self._executor(stage, res)
+        size = max_array_size(self.cfg.cluster)
+        chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+        if self.cfg.get("dry_run"):
+            out = self.rd.path / "sbatch"
+            for k, chunk in enumerate(chunks):
+                path = out / (f"{stage.name}.sbatch" if len(chunks) == 1 else f"{stage.name}.part{k}.sbatch")
+                atomic_write(path, self.sbatch_script(ex, len(chunk)))
+                print(f"dry run: would submit {len(chunk)} task(s) of stage {stage.name} with {path}")
+            return "dry_run"
+        jobs = self._attach(stage, tasks)  # task -> Slurm job id
+        to_submit = [t for t in tasks if t not in jobs]
+        if to_submit:
+            error = test_only(self.sbatch_script(ex, min(len(to_submit), size)))
+            if error:
+                raise ConfigError(f"Slurm refused the options for stage {stage.name}: {error}\n"
+                                  "Check cluster.partition / account / qos / reservation / constraint and the "
+                                  "stage's resources (cluster.stage_resources).")
+            jobs.update(self._submit(ex, stage, to_submit, size))
+        return self._wait(stage, jobs)
+
+    # ---- submission, re-attachment, polling
+    def _jobs_file(self, stage: Stage) -> Path:
+        return self.rd.path / "_jobs" / f"{stage.name}.json"
+
+    def _submit(self, ex: submitit.SlurmExecutor, stage: Stage, tasks: list[int], size: int) -> dict[int, str]:
+        fn = SlurmTask(str(self.rd.path), stage.name, stage.checkpointable)
+        jobs: dict[int, str] = {}
+        previous: Optional[str] = None
+        for i in range(0, len(tasks), size):
+            chunk = tasks[i:i + size]
+            ex.update_parameters(dependency=f"afterany:{previous}" if previous else None)
+            submitted = ex.map_array(fn, chunk)
+            previous = submitted[0].job_id.split("_")[0]
+            jobs.update(zip(chunk, (j.job_id for j in submitted)))
+            log.info("stage %s: submitted %d task(s) as job %s", stage.name, len(chunk), previous)
+        recorded = read_json(self._jobs_file(stage), default={})
+        recorded.update({str(t): j for t, j in jobs.items()})
+        atomic_write_json(self._jobs_file(stage), recorded)
+        return jobs
+
+    def _attach(self, stage: Stage, tasks: list[int]) -> dict[int, str]:
+        """Jobs of an earlier controller that are still queued or running, by task."""
+        recorded = read_json(self._jobs_file(stage), default={})
+        candidates = {t: recorded[str(t)] for t in tasks if str(t) in recorded}
+        if not candidates:
+            return {}
+        queued = queue_states(candidates.values())
+        alive = {t: j for t, j in candidates.items() if j in queued}
+        if alive:
+            log.info("stage %s: re-attached to %d task(s) still queued or running", stage.name, len(alive))
+        return alive
+
+    def _wait(self, stage: Stage, jobs: dict[int, str]) -> Outcome:
+        """Poll until every task has its marker or its job has left the queue without one."""
+        poll = float(self.cfg.cluster.get("poll_s", 5))
+        folder = self.rd.log_dir(stage.name) / "slurm"
+        started = time.time()
+        pending = dict(jobs)
+        gone: dict[int, int] = {}  # polls since the job left the queue without a marker
+        with self.progress(stage, list(jobs)) as bar:
+            while pending:
+                time.sleep(poll)
+                queued = queue_states(pending.values())  # ONE squeue call for every job of the stage
+                ended = []
+                for t, job_id in list(pending.items()):
+                    if self.rd.is_done(stage.name, t):
+                        del pending[t]
+                        bar.update(1)
+                    elif job_id not in queued:
+                        gone[t] = gone.get(t, 0) + 1
+                        if gone[t] >= 2:  # once more, for the marker to show on a shared filesystem
+                            del pending[t]
+                            bar.update(1)
+                            ended.append(t)
+                if ended:
+                    states = final_states([jobs[t] for t in ended])
+                    for t in ended:
+                        self._record_failure(stage, t, jobs[t], states.get(jobs[t], "ENDED"), folder, started)
+        return "finished"
+
+    def _record_failure(self, stage: Stage, task: int, job_id: str, state: str, folder: Path, since: float) -> None:
+        log_path = JobPaths(folder, job_id=job_id, task_id=0).stdout
+        recorded = self.rd.failures(stage.name).get(task) or {}
+        if recorded.get("time", 0) < since:  # the task died before it could say why (killed, node lost, ...)
+            self.rd.mark_failed(stage.name, task, error=f"Slurm job {job_id} ended {state} without finishing",
+                                log=str(log_path))
+        log.error("task %s/%d (job %s) ended %s; log: %s", stage.name, task, job_id, state, log_path)
+
+
+def queue_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """State of every listed job (array elements one by one) still in the queue, in one squeue call."""
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    if not arrays:
+        return {}
+    p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode != 0 and "Invalid job id" not in p.stderr:
+        raise RuntimeError(f"squeue failed: {p.stderr.strip()}")
+    return dict(line.split("|", 1) for line in p.stdout.splitlines() if "|" in line)
+
+
+def final_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """Accounting state (COMPLETED, FAILED, CANCELLED, TIMEOUT ...) of finished jobs, in one sacct call."""
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
+                       capture_output=True, text=True, timeout=120)
+    return dict(line.split("|", 1) for line in p.stdout.splitlines() if "|" in line)

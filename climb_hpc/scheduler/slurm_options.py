@@ -1,0 +1,127 @@
+"""Slurm options as validated data: cluster config + a stage's resources -> submitit parameters.
+
+Every value is checked here, before anything is submitted, so a typo fails with a message that names
+the key; then ``sbatch --test-only`` asks the cluster itself (unknown partition, account, QOS,
+reservation, impossible node counts) without queueing anything. submitit shell-quotes every value
+it writes into the script; the checks below also refuse newlines and shell syntax outright.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from climb_hpc.config import ConfigError
+from climb_hpc.stage import Resources
+
+# names Slurm accepts for partitions, accounts, QOS, reservations (comma lists allowed)
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
+# node features: names joined by & | , with [ ] ( ) and *count
+_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.\-&|,\[\]()*]+$")
+_FLAG = re.compile(r"^[a-z][a-z0-9\-]*$")
+_SAFE_VALUE = re.compile(r"^[^\s'\"`$;\\<>]*$")
+# options climb-hpc itself sets: an extra flag may not override them
+_OWNED = {"array", "output", "error", "signal", "job-name", "wrap", "open-mode", "nodes", "ntasks-per-node",
+          "cpus-per-task", "time", "partition", "account", "qos", "reservation", "constraint", "mem",
+          "gpus-per-node", "requeue"}
+
+
+def _name(cfg: DictConfig, key: str, pattern: re.Pattern = _NAME) -> Optional[str]:
+    value = cfg.get(key)
+    if value is None or value == "":
+        return None
+    value = str(value)
+    if not pattern.match(value):
+        raise ConfigError(f"cluster.{key}={value!r} is not a valid Slurm {key} "
+                          f"(allowed: letters, digits, '_', '.', '-'{', & | [ ] ( ) *' if pattern is _CONSTRAINT else ', comma lists'})")
+    return value
+
+
+def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= {minimum}")
+    return value
+
+
+def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str) -> dict[str, Any]:
+    """The ``SlurmExecutor.update_parameters`` keywords for one stage, or ConfigError."""
+    time_min = _positive_int(cluster.get("time_min") or res.time_min, "cluster.time_min (or the stage's time_min)")
+    signal_delay = cluster.get("signal_delay_s", 90)
+    if isinstance(signal_delay, bool) or not isinstance(signal_delay, int) or signal_delay < 0:
+        raise ConfigError(f"cluster.signal_delay_s={signal_delay!r}: must be an integer >= 0 (seconds)")
+    if signal_delay >= time_min * 60:
+        raise ConfigError(f"cluster.signal_delay_s={signal_delay} is not shorter than the time limit "
+                          f"({time_min} min): the preemption signal would come before the job starts")
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": time_min,
+        "nodes": _positive_int(res.nodes, "nodes"),
+        "ntasks_per_node": _positive_int(res.tasks_per_node, "tasks_per_node"),
+        "cpus_per_task": _positive_int(res.cpus, "cpus"),
+        "signal_delay_s": signal_delay,
+        "array_parallelism": _positive_int(cluster.get("array_parallelism", 256), "cluster.array_parallelism"),
+        "stderr_to_stdout": True,  # one log per task
+    }
+    if res.gpus:
+        params["gpus_per_node"] = _positive_int(res.gpus, "gpus", 0) * res.tasks_per_node
+    mem = res.mem_gb if res.mem_gb is not None else cluster.get("mem_gb")
+    if mem is not None:
+        if isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0:
+            raise ConfigError(f"mem_gb={mem!r}: must be a positive number of GB")
+        params["mem_gb"] = mem
+    for key in ("partition", "account", "qos"):
+        if (v := _name(cluster, key)) is not None:
+            params[key] = v
+    if (v := _name(cluster, "constraint", _CONSTRAINT)) is not None:
+        params["constraint"] = v
+    extra: dict[str, Any] = {}
+    if (v := _name(cluster, "reservation")) is not None:
+        extra["reservation"] = v
+    extra_cfg = cluster.get("extra_sbatch")
+    for flag, value in (OmegaConf.to_container(extra_cfg) if extra_cfg else {}).items():  # type: ignore[union-attr]
+        flag = str(flag)
+        if not _FLAG.match(flag):
+            raise ConfigError(f"cluster.extra_sbatch: {flag!r} is not an sbatch long option name (e.g. mail-type)")
+        if flag in _OWNED:
+            raise ConfigError(f"cluster.extra_sbatch.{flag}: climb-hpc sets --{flag} itself; use the cluster/"
+                              "stage_resources keys instead")
+        if not isinstance(value, (str, int, float, bool)) or not _SAFE_VALUE.match(str(value)):
+            raise ConfigError(f"cluster.extra_sbatch.{flag}={value!r}: values may not contain spaces, quotes or "
+                              "shell characters")
+        extra[flag] = value
+    if extra:
+        params["additional_parameters"] = extra
+    setup = list(cluster.get("setup") or [])
+    if any("\n" in str(line) for line in setup):
+        raise ConfigError("cluster.setup: one shell line per list item (no embedded newlines)")
+    if setup:
+        params["setup"] = [str(line) for line in setup]
+    return params
+
+
+def max_array_size(cluster: DictConfig) -> int:
+    """The largest array this cluster accepts: config, else MaxArraySize from ``scontrol show config``."""
+    if cluster.get("max_array_size"):
+        return _positive_int(cluster.max_array_size, "cluster.max_array_size")
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    return int(m.group(1)) if m else 1001  # Slurm's default
+
+
+def test_only(script: str) -> Optional[str]:
+    """Ask Slurm whether it would accept this batch script (``sbatch --test-only``); the error, or None."""
+    try:
+        p = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return "sbatch not found: is this a Slurm login node? (set SLURM_CONF, or use cluster=local)"
+    except subprocess.TimeoutExpired:
+        return "sbatch --test-only did not answer in 60 s: is slurmctld up?"
+    if p.returncode != 0:
+        return (p.stderr or p.stdout).strip()
+    return None

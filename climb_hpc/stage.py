@@ -1,0 +1,60 @@
+"""What a stage is: a plain function over the run folder, plus its task count and resources.
+
+Stages know nothing of Slurm. The scheduler asks a stage how many tasks it has and what one task
+needs, then calls ``run(cfg, run_dir, task)`` wherever the task lands (this process, a local
+subprocess, a Slurm array element). A task must be idempotent: it overwrites its own outputs only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
+
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from climb_hpc.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What ONE task of a stage needs. Slurm options that are not per-stage live in cluster config."""
+
+    cpus: int = 1
+    gpus: int = 0
+    nodes: int = 1
+    tasks_per_node: int = 1
+    mem_gb: Optional[float] = None
+    time_min: int = 60
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+TaskFn = Callable[[DictConfig, "RunDir", int], None]
+CountFn = Callable[[DictConfig, "RunDir"], int]
+ResourcesFn = Callable[[DictConfig], Resources]
+FinalizeFn = Callable[[DictConfig, "RunDir"], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline step.
+
+    name:          folder name of its outputs and of its markers
+    run:           run(cfg, run_dir, task) -> None; writes outputs, never the marker (the caller does)
+    num_tasks:     how many tasks, computed from the config and earlier stages' outputs
+    resources:     what one task needs
+    finalize:      optional, runs once in the controller after every task is done (checks, merges);
+                   the stage counts as complete only after it returns
+    checkpointable: the task polls ``climb_hpc.preempt.requested()``, saves its state and raises
+                   ``Preempted``; the scheduler then requeues it and it resumes from that state
+    """
+
+    name: str
+    run: TaskFn
+    num_tasks: CountFn
+    resources: ResourcesFn = lambda cfg: Resources()
+    finalize: Optional[FinalizeFn] = None
+    checkpointable: bool = False

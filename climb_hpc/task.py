@@ -1,0 +1,69 @@
+"""Execute one task of one stage: the code every executor runs, wherever the task lands.
+
+``execute`` loads the run's saved config, skips a task whose marker exists, runs the stage function,
+and writes the completion marker last (rank 0 only). A failure is recorded in the run folder with
+its traceback, so `climb-hpc status` can show it whatever the executor.
+
+Run as a program by the local executor:  python -m climb_hpc.task RUN_DIR STAGE TASK
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Optional
+
+from climb_hpc import preempt
+from climb_hpc.rundir import RunDir
+
+log = logging.getLogger("climb_hpc")
+
+#: Exit code of a task process that saved its state on a preemption request (EX_TEMPFAIL).
+EXIT_PREEMPTED = 75
+
+
+def global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = None) -> str:
+    """Run one task; returns "done", "skipped" (marker existed) or raises (``Preempted`` included)."""
+    from climb_hpc.pipeline import get_stage
+
+    rd = RunDir(run_dir)
+    if rd.is_done(stage_name, task):
+        return "skipped"
+    cfg = rd.load_config()
+    stage = get_stage(stage_name)
+    t0 = time.time()
+    try:
+        stage.run(cfg, rd, task)
+    except preempt.Preempted:
+        raise
+    except Exception as e:  # not BaseException: a requeue exits through SystemExit and is no failure
+        tb = traceback.format_exc(limit=-8)
+        rd.mark_failed(stage_name, task, error=f"{type(e).__name__}: {e}\n{tb}", log=log_path)
+        raise
+    if global_rank() == 0:
+        rd.mark_done(stage_name, task, seconds=round(time.time() - t0, 3), log=log_path,
+                     restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+    return "done"
+
+
+def main(argv: list[str]) -> int:
+    run_dir, stage_name, task = argv[0], argv[1], int(argv[2])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    preempt.install_handler()
+    try:
+        execute(run_dir, stage_name, task, log_path=os.environ.get("CLIMB_HPC_TASK_LOG"))
+    except preempt.Preempted:
+        log.warning("task %s/%d saved its state on a preemption request; exiting to be resumed", stage_name, task)
+        return EXIT_PREEMPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,161 @@
+"""The scheduler against the REAL local Slurm (hpc/local-slurm.sh): arrays, throttle, splitting,
+resume, requeue, preemption, multi-node, reservations, option validation. No mocks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from climb_hpc.config import ConfigError
+from climb_hpc.pipeline import run_pipeline
+from climb_hpc.rundir import RunDir, read_json
+from climb_hpc.selftest import counter_value
+from tests.conftest import SLURM, make_cfg
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
+
+
+def jobs_of(run: Path, stage: str) -> dict[int, str]:
+    return {int(t): j for t, j in read_json(run / "_jobs" / f"{stage}.json", default={}).items()}
+
+
+def scripts_of(run: Path, stage: str) -> list[str]:
+    return [p.read_text() for p in sorted((run / "logs" / stage / "slurm").glob("*_submission.sh"), key=lambda p: p.stat().st_mtime)]
+
+
+def sacct(job: str, fields: str = "JobID,State") -> list[list[str]]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "-o", fields], capture_output=True, text=True).stdout
+    return [ln.split("|") for ln in out.splitlines() if ln]
+
+
+def test_array_of_24_with_throttle_2_is_one_array(tmp_path):
+    run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=24",
+                          "cluster.array_parallelism=2"))
+    assert RunDir(tmp_path).done_tasks("noop") == set(range(24))
+    jobs = jobs_of(tmp_path, "noop")
+    assert len({j.split("_")[0] for j in jobs.values()}) == 1  # ONE array
+    assert sorted(int(j.split("_")[1]) for j in jobs.values()) == list(range(24))
+    (script,) = scripts_of(tmp_path, "noop")
+    assert "#SBATCH --array=0-23%2" in script
+    # every log is reachable by task number
+    assert all((tmp_path / "logs" / "noop" / f"task_{t:05d}.log").exists() for t in range(24))
+
+
+def test_array_larger_than_max_array_size_is_split_and_chained(tmp_path):
+    run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=10",
+                          "cluster.max_array_size=4", "cluster.array_parallelism=2"))
+    assert RunDir(tmp_path).done_tasks("noop") == set(range(10))
+    arrays = sorted({j.split("_")[0] for j in jobs_of(tmp_path, "noop").values()}, key=int)
+    assert len(arrays) == 3
+    scripts = scripts_of(tmp_path, "noop")
+    assert sorted(re.search(r"--array=(\S+)", s).group(1) for s in scripts) == ["0-1%2", "0-3%2", "0-3%2"]
+    assert sum(f"--dependency=afterany:{arrays[0]}" in s for s in scripts) == 1
+    assert sum(f"--dependency=afterany:{arrays[1]}" in s for s in scripts) == 1
+
+
+def test_relaunch_submits_only_unfinished_tasks(tmp_path):
+    cfg = make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=6")
+    run_pipeline(cfg)
+    rd = RunDir(tmp_path)
+    first = jobs_of(tmp_path, "noop")
+    rd.clear_stage("noop")
+    for t in (0, 2, 3, 5):
+        rd.mark_done("noop", t)
+    (r,) = run_pipeline(cfg)
+    assert r.ran == 2 and rd.done_tasks("noop") == set(range(6))
+    second = jobs_of(tmp_path, "noop")
+    assert {t for t in range(6) if second[t] != first[t]} == {1, 4}  # only those were submitted again
+    assert "#SBATCH --array=0-1%2" in scripts_of(tmp_path, "noop")[-1]
+
+
+def _wait_for_step(state: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (read_json(state, default={}) or {}).get("step", 0) >= step:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{state} never reached step {step}")
+
+
+def test_requeued_and_preempted_tasks_resume_to_the_same_result(tmp_path):
+    """Task 0 is requeued by `scontrol requeue` (killed: resumes from its last periodic checkpoint);
+    task 1 gets the preemption signal USR2 (saves at once, requeues itself). Both must end with
+    exactly the uninterrupted result, and must have resumed rather than restarted."""
+    steps = 40
+    cfg = make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=counter", "selftest.tasks=1",
+                   "selftest.counter_tasks=2", f"selftest.steps={steps}", "selftest.step_s=0.4",
+                   "selftest.ckpt_every=5")
+    th = threading.Thread(target=run_pipeline, args=(cfg,))
+    th.start()
+    for t in (0, 1):
+        _wait_for_step(tmp_path / "counter" / f"state_{t:05d}.json", 8)
+    jobs = jobs_of(tmp_path, "counter")
+    subprocess.run(["scontrol", "requeue", jobs[0]], check=True)
+    subprocess.run(["scancel", "--signal=USR2", jobs[1]], check=True)
+    th.join(400)
+    assert not th.is_alive()
+    for t in (0, 1):
+        result = read_json(tmp_path / "counter" / f"result_{t:05d}.json")
+        assert result["acc"] == counter_value(steps, t), f"task {t}"
+        assert len(result["starts"]) == 2 and result["starts"][1] >= 5, f"task {t} restarted: {result['starts']}"
+    restarts = {t: read_json(tmp_path / "_done" / "counter" / f"{t:05d}")["restarts"] for t in (0, 1)}
+    assert restarts == {0: 1, 1: 1}  # the same Slurm job, requeued once each
+
+
+def test_two_node_job_has_two_nodes_ranks_and_a_working_rendezvous(tmp_path):
+    run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "selftest.tasks=1", "selftest.steps=1",
+                          "selftest.step_s=0", "selftest.counter_tasks=1"))
+    res = read_json(tmp_path / "dist" / "result_00000.json")
+    assert res["world_size"] == 2 and res["all_reduce"] == 3.0  # gloo all_reduce of 1 + 2
+    ranks = sorted(res["ranks"], key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert {r["node"] for r in ranks} == {"node1", "node2"}
+    assert ranks[0]["master"] == ranks[1]["master"] and ranks[0]["master"].startswith("node1:")
+
+
+def test_job_runs_inside_reservation(tmp_path):
+    name = f"climbtest{uuid.uuid4().hex[:6]}"
+    subprocess.run(["scontrol", "create", "reservation", f"ReservationName={name}", "StartTime=now",
+                    "Duration=10", "Users=root", "Nodes=ALL", "Flags=IGNORE_JOBS"], check=True, capture_output=True)
+    try:
+        run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=3",
+                              f"cluster.reservation={name}"))
+        assert RunDir(tmp_path).done_tasks("noop") == {0, 1, 2}  # the whole machine is reserved: it ran inside
+        for job in jobs_of(tmp_path, "noop").values():
+            out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+            assert f"Reservation={name}" in out
+    finally:
+        for _ in range(30):
+            if subprocess.run(["scontrol", "delete", f"ReservationName={name}"], capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cluster.partition=nope", "invalid partition"),
+    ("cluster.reservation=no_such_resv", "eservation"),
+    ("cluster.partition='debug;touch /tmp/pwned'", "not a valid Slurm partition"),
+    ("+cluster.extra_sbatch.comment='a b;c'", "may not contain spaces"),
+    ("+cluster.extra_sbatch.array=0-3", "sets --array itself"),
+    ("cluster.signal_delay_s=7200", "not shorter than the time limit"),
+])
+def test_bad_slurm_option_fails_before_submitting(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", override))
+    assert not (tmp_path / "_jobs").exists() and not list((tmp_path / "logs").rglob("*_submission.sh"))
+
+
+def test_dry_run_writes_the_script_and_submits_nothing(tmp_path):
+    run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "selftest.tasks=5", "dry_run=true",
+                          "cluster.partition=debug", "cluster.reservation=maint", "+cluster.extra_sbatch.comment=hi"))
+    script = (tmp_path / "sbatch" / "noop.sbatch").read_text()
+    for line in ("#SBATCH --array=0-4%5", "#SBATCH --partition=debug", "#SBATCH --reservation=maint",
+                 "#SBATCH --comment=hi", "#SBATCH --signal=USR2@90", "submitit.core._submit"):
+        assert line in script
+    assert not (tmp_path / "_jobs").exists() and not RunDir(tmp_path).done_tasks("noop")
