@@ -7,8 +7,8 @@ API rather than ``@hydra.main`` because the run folder, not Hydra's output dir, 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 

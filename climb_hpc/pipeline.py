@@ -1,48 +1,32 @@
 """The stage graph and the controller loop: what is done, what to launch next.
 
-Stages are named in ``cfg.pipeline.stages`` and looked up in ``REGISTRY`` (name -> "module:ATTR"),
-imported lazily so that a task process imports only its own stage.
+Stages are named in ``cfg.pipeline.stages`` and looked up in ``climb_hpc.stage.REGISTRY``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import platform
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc import __version__
 from climb_hpc.config import ConfigError, differing_keys
 from climb_hpc.rundir import RunDir
-from climb_hpc.stage import Resources, Stage
+from climb_hpc.stage import Resources, Stage, get_stage
+
+if TYPE_CHECKING:
+    from climb_hpc.scheduler.base import Executor
 
 log = logging.getLogger("climb_hpc")
-
-REGISTRY: dict[str, str] = {
-    "ingest": "climb_hpc.corpus.ingest:STAGE",
-    # diagnostics: prove a cluster setup end to end (see climb_hpc/selftest.py)
-    "noop": "climb_hpc.selftest:NOOP",
-    "counter": "climb_hpc.selftest:COUNTER",
-    "dist": "climb_hpc.selftest:DIST",
-}
 
 
 class StageFailed(RuntimeError):
     """Tasks of a stage still failed after the allowed retries."""
-
-
-def get_stage(name: str) -> Stage:
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(REGISTRY)}") from None
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def stage_names(cfg: DictConfig) -> list[str]:
@@ -105,7 +89,7 @@ class StageResult:
     failed: dict[int, dict] = field(default_factory=dict)
 
 
-def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: "Executor") -> Optional[StageResult]:
+def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> Optional[StageResult]:
     """Run the stage's unfinished tasks (retrying failures), then its finalize. None on dry run."""
     t0 = time.time()
     n = stage.num_tasks(cfg, rd)
@@ -131,7 +115,7 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: "Executor") -
         raise StageFailed(
             f"stage {stage.name}: {len(todo)} of {n} task(s) failed after {retries} retr{'y' if retries == 1 else 'ies'}:\n"
             + "\n".join(lines)
-            + f"\nFix the cause and run the same command again: finished tasks are kept."
+            + "\nFix the cause and run the same command again: finished tasks are kept."
         )
     if stage.finalize is not None:
         stage.finalize(cfg, rd)
@@ -184,4 +168,3 @@ def status(rd: RunDir) -> list[dict]:
     return rows
 
 
-from climb_hpc.scheduler.base import Executor  # noqa: E402  (type used in annotations above)

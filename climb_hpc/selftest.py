@@ -12,7 +12,6 @@ run on a laptop, and the test suite runs them through the local Slurm.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time

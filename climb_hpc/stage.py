@@ -7,8 +7,10 @@ subprocess, a Slurm array element). A task must be idempotent: it overwrites its
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig
 
@@ -58,3 +60,24 @@ class Stage:
     resources: ResourcesFn = lambda cfg: Resources()
     finalize: Optional[FinalizeFn] = None
     checkpointable: bool = False
+
+
+#: Stage name -> "module:ATTR", imported lazily so a task process imports only its own stage.
+REGISTRY: dict[str, str] = {
+    "ingest": "climb_hpc.corpus.ingest:STAGE",
+    # diagnostics that prove a cluster setup end to end (climb_hpc/selftest.py)
+    "noop": "climb_hpc.selftest:NOOP",
+    "counter": "climb_hpc.selftest:COUNTER",
+    "dist": "climb_hpc.selftest:DIST",
+}
+
+
+def get_stage(name: str) -> Stage:
+    from climb_hpc.config import ConfigError
+
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(REGISTRY)}") from None
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -31,7 +31,7 @@ def global_rank() -> int:
 
 def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = None) -> str:
     """Run one task; returns "done", "skipped" (marker existed) or raises (``Preempted`` included)."""
-    from climb_hpc.pipeline import get_stage
+    from climb_hpc.stage import get_stage
 
     rd = RunDir(run_dir)
     if rd.is_done(stage_name, task):

@@ -346,7 +346,7 @@ JobCompLoc=${LOG}/jobcomp.txt
 # --- scheduling
 SchedulerType=sched/backfill
 # main scheduler period defaults to 60 s: short, so that requeued jobs restart promptly
-SchedulerParameters=sched_interval=5,bf_interval=5
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=${SELECT_PARAMS}
 DefMemPerCPU=${DEF_MEM}

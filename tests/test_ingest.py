@@ -206,7 +206,10 @@ def test_chunked_jsonl_equals_single_task(tmp_path: Path) -> None:
     assert docs(whole)[-1]["id"] == f"big.jsonl:{n_lines}"
     tasks = read_json(plan_path(split))["tasks"]
     assert tasks[0]["start"] == 0 and tasks[-1]["end"] == len(body)
-    assert all(a["end"] == b["start"] and body[a["end"] - 1 : a["end"]] == b"\n" for a, b in zip(tasks, tasks[1:]))
+    assert all(
+        a["end"] == b["start"] and body[a["end"] - 1 : a["end"]] == b"\n"
+        for a, b in zip(tasks[:-1], tasks[1:], strict=True)
+    )
 
 
 def test_rerun_overwrites_with_same_bytes(tmp_path: Path) -> None:

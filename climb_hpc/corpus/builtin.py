@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from climb_hpc.rundir import atomic_write
 
@@ -314,7 +314,7 @@ MOODS = _v("defended well|lacked a cutting edge|showed real character|were slopp
 
 
 def gen_sports(rng: R) -> str:
-    home, away = [f"{c} {m}" for c, m in zip(_pick(rng, CITIES, 2), _pick(rng, MASCOTS, 2))]
+    home, away = [f"{c} {m}" for c, m in zip(_pick(rng, CITIES, 2), _pick(rng, MASCOTS, 2), strict=True)]
     hs, as_ = rng.randint(0, 5), rng.randint(0, 4)
     verdict = "drew" if hs == as_ else ("beat" if hs > as_ else "lost to")
     head = (
@@ -327,7 +327,7 @@ def gen_sports(rng: R) -> str:
     rng.shuffle(sides)
     events = [
         f"{m}' GOAL - {rng.choice(PEOPLE)} {rng.choice(SURNAMES)} scores for {side} {rng.choice(FINISHES)}."
-        for m, side in zip(goals, sides)
+        for m, side in zip(goals, sides, strict=True)
     ]
 
     def unit(i: int) -> str:

@@ -48,10 +48,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -99,23 +100,23 @@ class Fields:
 # ---------------------------------------------------------------- paths
 
 
-def shard_path(run_dir: "RunDir", task: int) -> Path:
+def shard_path(run_dir: RunDir, task: int) -> Path:
     return run_dir.stage_dir(NAME) / "docs" / f"shard_{task:05d}.parquet"
 
 
-def quarantine_path(run_dir: "RunDir", task: int) -> Path:
+def quarantine_path(run_dir: RunDir, task: int) -> Path:
     return run_dir.stage_dir(NAME) / "quarantine" / f"shard_{task:05d}.jsonl"
 
 
-def stats_path(run_dir: "RunDir", task: int) -> Path:
+def stats_path(run_dir: RunDir, task: int) -> Path:
     return run_dir.stage_dir(NAME) / "stats" / f"shard_{task:05d}.json"
 
 
-def plan_path(run_dir: "RunDir") -> Path:
+def plan_path(run_dir: RunDir) -> Path:
     return run_dir.stage_dir(NAME) / "plan.json"
 
 
-def summary_path(run_dir: "RunDir") -> Path:
+def summary_path(run_dir: RunDir) -> Path:
     return run_dir.stage_dir(NAME) / "summary.json"
 
 
@@ -153,14 +154,14 @@ def _plan_settings(cfg: DictConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------- plan
 
 
-def load_plan(run_dir: "RunDir") -> dict[str, Any]:
+def load_plan(run_dir: RunDir) -> dict[str, Any]:
     plan = read_json(plan_path(run_dir))
     if plan is None:
         raise FileNotFoundError(f"{plan_path(run_dir)} is missing: the ingest stage has not been planned")
     return plan
 
 
-def num_tasks(cfg: DictConfig, run_dir: "RunDir") -> int:
+def num_tasks(cfg: DictConfig, run_dir: RunDir) -> int:
     """Plan the tasks (once: a stored plan is reused, so a resumed run sees the same tasks)."""
     settings = _plan_settings(cfg)
     stored = read_json(plan_path(run_dir))
@@ -176,7 +177,7 @@ def num_tasks(cfg: DictConfig, run_dir: "RunDir") -> int:
     return len(plan["tasks"])
 
 
-def make_plan(settings: dict[str, Any], run_dir: "RunDir") -> dict[str, Any]:
+def make_plan(settings: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     paths = settings["paths"]
     if not paths:
         b = settings["builtin"]
@@ -273,7 +274,7 @@ class _ShardWriter:
 
     def flush(self) -> None:
         if self.cols[0]:
-            arrays = [pa.array(col, type=f.type) for col, f in zip(self.cols, SCHEMA)]
+            arrays = [pa.array(col, type=f.type) for col, f in zip(self.cols, SCHEMA, strict=True)]
             self.writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA), row_group_size=len(self.cols[0]))
         self.cols, self.chars = ([], [], [], []), 0
 
@@ -365,7 +366,7 @@ def ingest_task(
     }
 
 
-def run(cfg: DictConfig, run_dir: "RunDir", task: int) -> None:
+def run(cfg: DictConfig, run_dir: RunDir, task: int) -> None:
     c = cfg.corpus
     tasks = load_plan(run_dir)["tasks"]
     if not 0 <= task < len(tasks):
@@ -394,7 +395,7 @@ def run(cfg: DictConfig, run_dir: "RunDir", task: int) -> None:
 # ---------------------------------------------------------------- finalize
 
 
-def _task_stats(run_dir: "RunDir", spec: dict[str, Any]) -> dict[str, Any]:
+def _task_stats(run_dir: RunDir, spec: dict[str, Any]) -> dict[str, Any]:
     """A task's stats, after checking them against the plan and against its output files."""
     t = spec["task"]
     stats = read_json(stats_path(run_dir, t))
@@ -438,7 +439,7 @@ def cross_shard_duplicates(paths: Sequence[Path], examples: int = 5) -> tuple[in
     return len(dups), shown
 
 
-def finalize(cfg: DictConfig, run_dir: "RunDir") -> None:
+def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
     """Check every task's accounting and outputs, check ids are unique, write ``summary.json``."""
     plan = load_plan(run_dir)
     all_stats = [_task_stats(run_dir, spec) for spec in plan["tasks"]]
@@ -518,7 +519,7 @@ def finalize(cfg: DictConfig, run_dir: "RunDir") -> None:
 # ---------------------------------------------------------------- for later stages
 
 
-def doc_shard_paths(run_dir: "RunDir") -> list[Path]:
+def doc_shard_paths(run_dir: RunDir) -> list[Path]:
     """The doc shards in corpus order (plan order); raises if one is missing."""
     paths = [shard_path(run_dir, spec["task"]) for spec in load_plan(run_dir)["tasks"]]
     missing = [p for p in paths if not p.exists()]
@@ -527,14 +528,14 @@ def doc_shard_paths(run_dir: "RunDir") -> list[Path]:
     return paths
 
 
-def iter_doc_shards(run_dir: "RunDir", columns: Optional[Sequence[str]] = None) -> Iterator[tuple[int, pa.Table]]:
+def iter_doc_shards(run_dir: RunDir, columns: Optional[Sequence[str]] = None) -> Iterator[tuple[int, pa.Table]]:
     """``(task, table)`` per shard, in corpus order; ``columns`` limits what is read."""
     for task, path in enumerate(doc_shard_paths(run_dir)):
         yield task, pq.read_table(path, columns=list(columns) if columns else None)
 
 
 def iter_doc_batches(
-    run_dir: "RunDir", columns: Optional[Sequence[str]] = None, batch_size: int = 8192
+    run_dir: RunDir, columns: Optional[Sequence[str]] = None, batch_size: int = 8192
 ) -> Iterator[pa.RecordBatch]:
     """The corpus as record batches in corpus order, without holding a whole shard in memory."""
     for path in doc_shard_paths(run_dir):

@@ -16,8 +16,9 @@ import gzip
 import io
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -260,8 +261,8 @@ def _iter_parquet(task: dict[str, Any], fields: Sequence[str]) -> Iterator[Recor
         return
     for batch in pf.iter_batches(batch_size=8192, row_groups=list(range(a, b)), columns=columns):
         cols = [_to_python(batch.column(i)) for i in range(batch.num_columns)]
-        for values in zip(*cols):
-            yield number, dict(zip(columns, values)), None, None
+        for values in zip(*cols, strict=True):
+            yield number, dict(zip(columns, values, strict=True)), None, None
             number += 1
 
 

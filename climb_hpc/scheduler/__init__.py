@@ -1,18 +1,23 @@
 """Executors: where tasks run. ``local`` (subprocesses, default), ``debug`` (in-process), ``slurm``.
 
-This package is the only code that knows submitit and Slurm; stages never import it.
+This package is the only code that knows submitit and Slurm; stages never import it. Imports stay
+lazy: a Slurm array task loads only ``slurm_task`` and its stage, which keeps per-task startup short.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
-from climb_hpc.config import ConfigError
-from climb_hpc.rundir import RunDir
-from climb_hpc.scheduler.base import Executor
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from climb_hpc.rundir import RunDir
+    from climb_hpc.scheduler.base import Executor
 
 
 def make_executor(cfg: DictConfig, rd: RunDir) -> Executor:
+    from climb_hpc.config import ConfigError
+
     kind = cfg.cluster.executor
     if kind == "local":
         from climb_hpc.scheduler.local import LocalExecutor

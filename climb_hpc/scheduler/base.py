@@ -30,6 +30,6 @@ class Executor(ABC):
     def describe(self, res: Resources) -> str:
         """One line for the log: where and how the tasks run."""
 
-    def progress(self, stage: Stage, tasks: list[int]) -> "tqdm[None]":
+    def progress(self, stage: Stage, tasks: list[int]) -> tqdm[None]:
         return tqdm(total=len(tasks), desc=stage.name, unit="task", disable=not self.cfg.get("progress", True),
                     dynamic_ncols=True)

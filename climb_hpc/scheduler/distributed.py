@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from typing import Mapping
+from collections.abc import Mapping
 
 # A port derived from the job id, so that two jobs sharing a node do not collide.
 _PORT_BASE, _PORT_SPAN = 20000, 20000

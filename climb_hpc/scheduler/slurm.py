@@ -11,66 +11,24 @@ restarted controller re-attaches to jobs still queued or running instead of subm
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import submitit
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import _make_sbatch_string
 
-from climb_hpc import preempt
 from climb_hpc.config import ConfigError
 from climb_hpc.rundir import atomic_write, atomic_write_json, read_json
 from climb_hpc.scheduler.base import Executor, Outcome
-from climb_hpc.scheduler.distributed import slurm_env
 from climb_hpc.scheduler.slurm_options import max_array_size, submitit_parameters, test_only
+from climb_hpc.scheduler.slurm_task import SlurmTask
 from climb_hpc.stage import Resources, Stage
 
 log = logging.getLogger("climb_hpc")
-
-
-class SlurmTask(submitit.helpers.Checkpointable):
-    """What one array element runs (pickled by submitit). ``checkpoint`` resubmits it unchanged:
-    the task's own state lives in the run folder."""
-
-    def __init__(self, run_dir: str, stage: str, checkpointable: bool):
-        self.run_dir, self.stage, self.checkpointable = run_dir, stage, checkpointable
-
-    def __call__(self, task: int) -> str:
-        from climb_hpc.task import execute
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        env = submitit.JobEnvironment()
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-            os.environ.update(slurm_env())
-        log_path = str(env.paths.stdout)
-        if env.global_rank == 0:
-            _link(Path(self.run_dir) / "logs" / self.stage / f"task_{task:05d}.log", Path(log_path))
-        requeue = preempt.install_handler(signal.SIGUSR2) if self.checkpointable else None
-        try:
-            return execute(self.run_dir, self.stage, task, log_path=log_path)
-        except preempt.Preempted:
-            log.warning("task %s/%d saved its state after a preemption signal", self.stage, task)
-            assert callable(requeue)
-            requeue(signal.SIGUSR2, None)  # submitit: checkpoint() + scontrol requeue + exit (rank 0)
-            time.sleep(300)  # other ranks: rank 0's requeue ends this process
-            sys.exit(1)
-
-
-def _link(link: Path, target: Path) -> None:
-    """Point logs/<stage>/task_NNNNN.log at submitit's log of the current attempt."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.{os.getpid()}")
-    try:
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    except OSError:
-        pass
 
 
 class SlurmExecutor(Executor):
@@ -81,7 +39,8 @@ class SlurmExecutor(Executor):
                 f"{res.gpus} GPU(s) a task, at most {c.get('array_parallelism')} at once" + (f", {where}" if where else ""))
 
     def _executor(self, stage: Stage, res: Resources) -> tuple[submitit.SlurmExecutor, dict[str, Any]]:
-        params = submitit_parameters(self.cfg.cluster, res, job_name=f"climb-{stage.name}")
+        params = submitit_parameters(self.cfg.cluster, res, job_name=f"climb-{stage.name}",
+                                      checkpointable=stage.checkpointable)
         folder = self.rd.log_dir(stage.name) / "slurm"
         ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(self.cfg.cluster.get("max_num_timeout", 3)))
         ex.update_parameters(**params)
@@ -129,7 +88,7 @@ class SlurmExecutor(Executor):
             ex.update_parameters(dependency=f"afterany:{previous}" if previous else None)
             submitted = ex.map_array(fn, chunk)
             previous = submitted[0].job_id.split("_")[0]
-            jobs.update(zip(chunk, (j.job_id for j in submitted)))
+            jobs.update(zip(chunk, (j.job_id for j in submitted), strict=True))
             log.info("stage %s: submitted %d task(s) as job %s", stage.name, len(chunk), previous)
         recorded = read_json(self._jobs_file(stage), default={})
         recorded.update({str(t): j for t, j in jobs.items()})

@@ -46,8 +46,13 @@ def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
     return value
 
 
-def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str) -> dict[str, Any]:
-    """The ``SlurmExecutor.update_parameters`` keywords for one stage, or ConfigError."""
+def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, checkpointable: bool) -> dict[str, Any]:
+    """The ``SlurmExecutor.update_parameters`` keywords for one stage, or ConfigError.
+
+    srun is used only where it is needed: to start several ranks, or to deliver the preemption
+    signal (Slurm signals job steps, not the batch shell) to a checkpointable task. A plain one-process
+    task runs straight in the batch script, one job step fewer; preempted, Slurm requeues it and the
+    idempotent task runs again."""
     time_min = _positive_int(cluster.get("time_min") or res.time_min, "cluster.time_min (or the stage's time_min)")
     signal_delay = cluster.get("signal_delay_s", 90)
     if isinstance(signal_delay, bool) or not isinstance(signal_delay, int) or signal_delay < 0:
@@ -64,6 +69,7 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str) -> d
         "signal_delay_s": signal_delay,
         "array_parallelism": _positive_int(cluster.get("array_parallelism", 256), "cluster.array_parallelism"),
         "stderr_to_stdout": True,  # one log per task
+        "use_srun": res.world_size > 1 or checkpointable,
     }
     if res.gpus:
         params["gpus_per_node"] = _positive_int(res.gpus, "gpus", 0) * res.tasks_per_node
