@@ -26,7 +26,6 @@ from pathlib import Path
 from climb_hpc.config import compose
 from climb_hpc.pipeline import run_pipeline
 
-
 FLOOR = f"{sys.executable} -c 'import submitit, omegaconf'"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from climb_hpc.config import ConfigError
 from climb_hpc.pipeline import run_pipeline
 from climb_hpc.rundir import RunDir, read_json
 from climb_hpc.selftest import counter_value
-from tests.conftest import SLURM, make_cfg
+from tests.conftest import ROOT, SLURM, make_cfg
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 
@@ -159,3 +160,24 @@ def test_dry_run_writes_the_script_and_submits_nothing(tmp_path):
                  "#SBATCH --comment=hi", "#SBATCH --signal=USR2@90", "submitit.core._submit"):
         assert line in script
     assert not (tmp_path / "_jobs").exists() and not RunDir(tmp_path).done_tasks("noop")
+
+
+def test_restarted_controller_reattaches_to_running_array(tmp_path):
+    """A controller killed mid-stage (as a preempted controller job would be) leaves its array running;
+    started again, it waits for those jobs instead of submitting the tasks twice."""
+    args = [sys.executable, "-m", "climb_hpc.cli", "run", f"run_dir={tmp_path}", "pipeline=selftest", "until=counter",
+            "cluster=slurm", "cluster.poll_s=0.5", "progress=false", "selftest.tasks=1", "selftest.counter_tasks=2",
+            "selftest.steps=25", "selftest.step_s=0.4"]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_step(tmp_path / "counter" / "state_00000.json", 3)
+    finally:
+        first.kill()
+        first.wait()
+    submitted = jobs_of(tmp_path, "counter")
+    second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "re-attached to 2 task(s)" in second.stderr
+    assert jobs_of(tmp_path, "counter") == submitted  # nothing submitted again
+    for t in (0, 1):
+        assert read_json(tmp_path / "counter" / f"result_{t:05d}.json")["starts"] == [0]  # ran once, uninterrupted

@@ -10,10 +10,12 @@ restarted controller re-attaches to jobs still queued or running instead of subm
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -67,12 +69,13 @@ class SlurmExecutor(Executor):
         jobs = self._attach(stage, tasks)  # task -> Slurm job id
         to_submit = [t for t in tasks if t not in jobs]
         if to_submit:
-            error = test_only(self.sbatch_script(ex, min(len(to_submit), size)))
-            if error:
-                raise ConfigError(f"Slurm refused the options for stage {stage.name}: {error}\n"
-                                  "Check cluster.partition / account / qos / reservation / constraint and the "
-                                  "stage's resources (cluster.stage_resources).")
-            jobs.update(self._submit(ex, stage, to_submit, size))
+            with outside_job_env():
+                error = test_only(self.sbatch_script(ex, min(len(to_submit), size)))
+                if error:
+                    raise ConfigError(f"Slurm refused the options for stage {stage.name}: {error}\n"
+                                      "Check cluster.partition / account / qos / reservation / constraint and "
+                                      "the stage's resources (cluster.stage_resources).")
+                jobs.update(self._submit(ex, stage, to_submit, size))
         return self._wait(stage, jobs)
 
     # ---- submission, re-attachment, polling
@@ -132,7 +135,7 @@ class SlurmExecutor(Executor):
                 if ended:
                     states = final_states([jobs[t] for t in ended])
                     for t in ended:
-                        self._record_failure(stage, t, jobs[t], states.get(jobs[t], "ENDED"), folder, started)
+                        self._record_failure(stage, t, jobs[t], states.get(jobs[t], "(no state in accounting)"), folder, started)
         return "finished"
 
     def _record_failure(self, stage: Stage, task: int, job_id: str, state: str, folder: Path, since: float) -> None:
@@ -142,6 +145,21 @@ class SlurmExecutor(Executor):
             self.rd.mark_failed(stage.name, task, error=f"Slurm job {job_id} ended {state} without finishing",
                                 log=str(log_path))
         log.error("task %s/%d (job %s) ended %s; log: %s", stage.name, task, job_id, state, log_path)
+
+
+@contextlib.contextmanager
+def outside_job_env() -> Iterator[None]:
+    """Hide the variables of the job we may be running in (the controller as a Slurm job) while
+    submitting: sbatch exports the environment, and an inherited SLURM_MEM_PER_NODE, SLURM_NTASKS or
+    RANK breaks the child jobs' srun and rendezvous. Unlike ``submitit.helpers.clean_env`` this keeps
+    SLURM_CONF, which the jobs need to reach the same cluster."""
+    hidden = {k: os.environ.pop(k) for k in list(os.environ)
+              if (k.startswith(("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SUBMITIT_")) and k != "SLURM_CONF")
+              or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
 def queue_states(job_ids: Iterable[str]) -> dict[str, str]:
@@ -158,7 +176,14 @@ def queue_states(job_ids: Iterable[str]) -> dict[str, str]:
 
 def final_states(job_ids: Iterable[str]) -> dict[str, str]:
     """Accounting state (COMPLETED, FAILED, CANCELLED, TIMEOUT ...) of finished jobs, in one sacct call."""
+    job_ids = list(job_ids)
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
-                       capture_output=True, text=True, timeout=120)
-    return dict(line.split("|", 1) for line in p.stdout.splitlines() if "|" in line)
+    states: dict[str, str] = {}
+    for _ in range(3):  # accounting lags a moment behind the queue
+        p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
+                           capture_output=True, text=True, timeout=120)
+        states = dict(line.split("|", 1) for line in p.stdout.splitlines() if "|" in line)
+        if all(states.get(j, "PENDING") not in ("PENDING", "RUNNING", "COMPLETING") for j in job_ids):
+            break
+        time.sleep(1)
+    return states
