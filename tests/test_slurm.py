@@ -181,3 +181,27 @@ def test_restarted_controller_reattaches_to_running_array(tmp_path):
     assert jobs_of(tmp_path, "counter") == submitted  # nothing submitted again
     for t in (0, 1):
         assert read_json(tmp_path / "counter" / f"result_{t:05d}.json")["starts"] == [0]  # ran once, uninterrupted
+
+
+@pytest.mark.slow
+def test_task_longer_than_its_time_limit_is_requeued_and_finishes(tmp_path):
+    """50 s of work under a 1-minute limit whose USR2 comes 45 s early: the task checkpoints on the
+    signal, submitit counts a timeout and requeues it, and it finishes with the exact result."""
+    steps = 100
+    run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=counter", "selftest.tasks=1",
+                          "selftest.counter_tasks=1", f"selftest.steps={steps}", "selftest.step_s=0.5",
+                          "cluster.time_min=1", "cluster.signal_delay_s=45", "cluster.max_num_timeout=3"))
+    result = read_json(tmp_path / "counter" / "result_00000.json")
+    assert result["acc"] == counter_value(steps, 0)
+    assert len(result["starts"]) >= 2 and result["starts"][1] > 0
+    assert read_json(tmp_path / "_done" / "counter" / "00000")["restarts"] >= 1
+
+
+def test_cluster_profile_dgx_h100_32n_dry_run(tmp_path):
+    """The 32-node profile composes into a valid script (dry run: no 'batch' partition here)."""
+    run_pipeline(make_cfg(tmp_path, "cluster=dgx_h100_32n", "cluster.account=llm", "+cluster.stage_resources.ingest.mem_gb=1.5",
+                          "dry_run=true", "corpus.builtin.docs_per_domain=5"))
+    script = (tmp_path / "sbatch" / "ingest.sbatch").read_text()
+    for line in ("#SBATCH --partition=batch", "#SBATCH --account=llm", "#SBATCH --mem=1536MB",
+                 "#SBATCH --time=120", "#SBATCH --cpus-per-task=4", "#SBATCH --signal=USR2@300"):
+        assert line in script

@@ -77,7 +77,7 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, chec
     if mem is not None:
         if isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0:
             raise ConfigError(f"mem_gb={mem!r}: must be a positive number of GB")
-        params["mem_gb"] = mem
+        params["mem"] = f"{int(mem)}GB" if float(mem).is_integer() else f"{int(mem * 1024)}MB"
     for key in ("partition", "account", "qos"):
         if (v := _name(cluster, key)) is not None:
             params[key] = v
