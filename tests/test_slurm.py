@@ -205,3 +205,27 @@ def test_cluster_profile_dgx_h100_32n_dry_run(tmp_path):
     for line in ("#SBATCH --partition=batch", "#SBATCH --account=llm", "#SBATCH --mem=1536MB",
                  "#SBATCH --time=120", "#SBATCH --cpus-per-task=4", "#SBATCH --signal=USR2@300"):
         assert line in script
+
+
+def test_real_preemption_by_a_higher_priority_partition(tmp_path):
+    """An exclusive 2-node job in partition `urgent` preempts our task in `debug`: Slurm sends the
+    task its USR2, it saves and requeues itself, and ends with the uninterrupted result."""
+    steps = 40
+    cfg = make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=counter", "selftest.tasks=1",
+                   "selftest.counter_tasks=1", f"selftest.steps={steps}", "selftest.step_s=0.4",
+                   "selftest.ckpt_every=1000")  # no periodic checkpoints: only the signal saves
+    th = threading.Thread(target=run_pipeline, args=(cfg,))
+    th.start()
+    state = tmp_path / "counter" / "state_00000.json"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:  # the task has started ...
+        time.sleep(0.2)
+    time.sleep(2)  # ... and is some steps in
+    urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-N2", "--exclusive", "-o", "/dev/null",
+                             "--wrap=sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
+    th.join(300)
+    assert not th.is_alive()
+    result = read_json(tmp_path / "counter" / "result_00000.json")
+    assert result["acc"] == counter_value(steps, 0)
+    assert len(result["starts"]) == 2 and result["starts"][1] > 0  # saved on the signal, then resumed
+    assert sacct(urgent)[0][1] == "COMPLETED"
