@@ -9,7 +9,7 @@ import logging
 import platform
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -68,11 +68,7 @@ def open_run(cfg: DictConfig, rd: Optional[RunDir] = None) -> RunDir:
                 f"run folder {rd.path} was started with a different config ({', '.join(diff[:8])} differ). "
                 "Resume it without those overrides, or start a new run with another run_dir=."
             )
-        # runtime keys (cluster, until, ...) may change between launches
-        saved = rd.load_config()
-        for key in ("cluster", "until", "dry_run"):
-            saved[key] = cfg.get(key)
-        rd.save_config(saved)
+        rd.save_config(cfg)  # only runtime keys (cluster, until, ...) can differ: record this launch's
     else:
         rd.save_config(cfg)
         rd.update_manifest(created=time.time(), climb_hpc=__version__, python=platform.python_version(),
@@ -86,7 +82,6 @@ class StageResult:
     num_tasks: int
     ran: int
     seconds: float
-    failed: dict[int, dict] = field(default_factory=dict)
 
 
 def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> Optional[StageResult]:

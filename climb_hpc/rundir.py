@@ -87,6 +87,13 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
+def _merge(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def read_json(path: PathLike, default: Any = None) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -149,13 +156,8 @@ class RunDir:
         return read_json(self.manifest_path, default={})
 
     def update_manifest(self, **fields: Any) -> dict:
-        """Merge ``fields`` into the manifest (only the controller writes it, under the lock)."""
-        m = self.manifest()
-        for k, v in fields.items():
-            if isinstance(v, dict) and isinstance(m.get(k), dict):
-                m[k] = {**m[k], **v}
-            else:
-                m[k] = v
+        """Merge ``fields`` into the manifest, nested dicts too (only the controller writes it, under the lock)."""
+        m = _merge(self.manifest(), fields)
         atomic_write_json(self.manifest_path, m)
         return m
 
