@@ -65,6 +65,7 @@ class Stage:
 #: Stage name -> "module:ATTR", imported lazily so a task process imports only its own stage.
 REGISTRY: dict[str, str] = {
     "ingest": "climb_hpc.corpus.ingest:STAGE",
+    "embed": "climb_hpc.embed.stage:STAGE",
     # diagnostics that prove a cluster setup end to end (climb_hpc/selftest.py)
     "noop": "climb_hpc.selftest:NOOP",
     "counter": "climb_hpc.selftest:COUNTER",
