@@ -66,6 +66,11 @@ class Stage:
 REGISTRY: dict[str, str] = {
     "ingest": "climb_hpc.corpus.ingest:STAGE",
     "embed": "climb_hpc.embed.stage:STAGE",
+    "quality": "climb_hpc.clusters.quality:STAGE",
+    "kmeans": "climb_hpc.clusters.kmeans:STAGE",
+    "assign": "climb_hpc.clusters.assign:STAGE",
+    "refine": "climb_hpc.clusters.refine:STAGE",
+    "tokenize": "climb_hpc.corpus.tokenize:STAGE",
     # diagnostics that prove a cluster setup end to end (climb_hpc/selftest.py)
     "noop": "climb_hpc.selftest:NOOP",
     "counter": "climb_hpc.selftest:COUNTER",

@@ -1,0 +1,1 @@
+"""CLIMB clustering: quality raters, faiss k-means, assignment, prune + merge."""
