@@ -1,7 +1,10 @@
-"""`climb-hpc <command> [key=value ...]`: run, status.
+"""`climb-hpc <command> [key=value ...]`: run, status, train-raters.
 
     climb-hpc run [run_dir=DIR] [until=STAGE] [cluster=local|debug|slurm|dgx_h100_32n] [key=value ...]
     climb-hpc status run_dir=DIR [format=json]
+    climb-hpc train-raters input=LABELLED.jsonl output=DIR [text_field=text] [epoch=25 lr=0.5 wordNgrams=2 ...]
+        fastText quality raters from a JSONL of {"text": ..., "quality": 0-5, "advertisement": 0-5,
+        "informational": 0-5, "educational": 0-5}; use them with quality.raters=DIR
 """
 
 from __future__ import annotations
@@ -65,7 +68,31 @@ def cmd_status(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status}
+def cmd_train_raters(args: list[str]) -> int:
+    from climb_hpc.clusters.raters import TRAIN_DEFAULTS, train_raters
+
+    kv = _kv(args)
+    if "input" not in kv or "output" not in kv:
+        raise ConfigError("train-raters needs input=LABELLED.jsonl and output=DIR")
+    inp, out, text_field = kv.pop("input"), kv.pop("output"), kv.pop("text_field", "text")
+    params: dict[str, object] = {}
+    for k, v in kv.items():
+        default = TRAIN_DEFAULTS.get(k)
+        try:
+            params[k] = type(default)(v) if default is not None else (float(v) if "." in v else int(v))
+        except ValueError:
+            params[k] = v  # a string argument of train_supervised (loss=hs, ...)
+    try:
+        info = train_raters(inp, out, text_field=text_field, **params)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for axis, a in info["axes"].items():
+        print(f"  {axis:<14} {a['examples']:>7} examples  labels {a['label_counts']}  {a['seconds']:.1f} s")
+    print(f"raters in {out}; use them with quality.raters={out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "train-raters": cmd_train_raters}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,249 @@
+"""Stage ``quality``: ingest docs -> ``quality/quality.zarr`` [n_docs, 4] float32, scores 0-5, higher = better.
+
+Columns, in order: quality, advertisement (5 = free of ads), informational, educational (see
+:mod:`climb_hpc.clusters.raters`). Rows and tasks are those of the embed layout (``embed/layout.json``):
+row r is the r-th document in corpus order, task t writes the rows of embed task t — whole Zarr shards
+of ``rows_per_shard`` rows, one writer each — so the rules of :mod:`climb_hpc.embed.store` hold here
+too (controller creates the array once, a task deletes and rewrites its own shard files).
+
+Layout under ``<run_dir>/quality/``::
+
+    layout.json               n_docs, axes, shard/chunk rows, task -> rows, the rater (checked on resume)
+    quality.zarr/             Zarr v3, float32 [n_docs, 4], shards (rows_per_shard, 4)
+    stats/task_{t:05d}.json   docs, seconds, docs/s
+    summary.json              per-axis mean / min / max / fraction >= 3, docs/s (finalize)
+
+Raters (``quality.raters``): ``heuristic`` (built in, default) or a folder holding
+``{quality,advertisement,informational,educational}.bin`` fastText models, e.g. from
+``climb-hpc train-raters``. A relative folder is resolved against the controller's working directory
+when the stage is planned, and tasks use that absolute path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from climb_hpc.clusters.raters import AXES, MAX_SCORE, load_rater
+from climb_hpc.embed import store as embed_store
+from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    import zarr
+
+    from climb_hpc.rundir import RunDir
+
+NAME = "quality"
+DTYPE = "float32"
+LAYOUT_VERSION = 1
+
+
+# ---------------------------------------------------------------- paths
+
+
+def quality_dir(rd: RunDir) -> Path:
+    return rd.stage_dir(NAME)
+
+
+def store_path(rd: RunDir) -> Path:
+    return quality_dir(rd) / "quality.zarr"
+
+
+def layout_path(rd: RunDir) -> Path:
+    return quality_dir(rd) / "layout.json"
+
+
+def stats_path(rd: RunDir, task: int) -> Path:
+    return quality_dir(rd) / "stats" / f"task_{task:05d}.json"
+
+
+def summary_path(rd: RunDir) -> Path:
+    return quality_dir(rd) / "summary.json"
+
+
+def open_quality(rd: RunDir) -> zarr.Array:
+    """The scores [n_docs, 4] float32, rows in corpus order (ids in ``embed/id_to_row.parquet``)."""
+    import zarr
+
+    return zarr.open_array(str(store_path(rd)), mode="r")
+
+
+# ---------------------------------------------------------------- config
+
+
+def _q(cfg: DictConfig) -> DictConfig:
+    q = cfg.get("quality")
+    if q is None:
+        raise ValueError("no quality config: add `- quality: default` to the defaults of configs/config.yaml")
+    return q
+
+
+def rater_spec(cfg: DictConfig) -> str:
+    """``heuristic`` or the absolute path of the fastText raters folder."""
+    spec = _q(cfg).get("raters") or "heuristic"
+    return "heuristic" if str(spec) == "heuristic" else str(Path(str(spec)).expanduser().resolve())
+
+
+def make_layout(embed_layout: dict[str, Any], rater: dict[str, Any]) -> dict[str, Any]:
+    """The embed layout's rows and tasks, 4 float32 columns."""
+    return {
+        "version": LAYOUT_VERSION,
+        "n_docs": embed_layout["n_docs"],
+        "axes": list(AXES),
+        "dtype": DTYPE,
+        "rows_per_shard": embed_layout["rows_per_shard"],
+        "chunk_rows": embed_layout["chunk_rows"],
+        "n_shards": embed_layout["n_shards"],
+        "tasks": embed_layout["tasks"],
+        "rater": rater,
+    }
+
+
+# ---------------------------------------------------------------- the array
+
+
+def _want(layout: dict[str, Any]) -> dict[str, Any]:
+    k = len(layout["axes"])
+    return {"shape": (layout["n_docs"], k), "dtype": np.dtype(DTYPE), "shards": (layout["rows_per_shard"], k),
+            "chunks": (layout["chunk_rows"], k)}
+
+
+def ensure_array(path: Path, layout: dict[str, Any]) -> None:
+    """Create the array once (a folder renamed into place) or check that an existing one matches."""
+    import zarr
+
+    want = _want(layout)
+    if path.exists():
+        arr = zarr.open_array(str(path), mode="r")
+        have = {"shape": tuple(arr.shape), "dtype": arr.dtype, "shards": tuple(arr.shards or ()),
+                "chunks": tuple(arr.chunks)}
+        if have != want:
+            raise RuntimeError(f"{path} exists with another layout ({have} != {want}); remove it and "
+                               f"rm -r <run_dir>/_done/{NAME} to rate again")
+        return
+    with atomic_path(path) as tmp:
+        zarr.create_array(store=str(tmp), shape=want["shape"], chunks=want["chunks"], shards=want["shards"],
+                          dtype=DTYPE, fill_value=float("nan"), zarr_format=3, dimension_names=("doc", "axis"),
+                          attributes={"axes": list(AXES), "range": [0, MAX_SCORE], "higher_is_better": True,
+                                      "rows": "corpus order, as embed/embeddings.zarr"})
+
+
+def write_rows(path: Path, layout: dict[str, Any], a: int, b: int, values: np.ndarray) -> None:
+    """Write rows [a, b) — whole shards owned by one task — after deleting their shard files."""
+    import zarr
+
+    R, n = layout["rows_per_shard"], layout["n_docs"]
+    if a % R or (b % R and b != n) or not 0 <= a < b <= n:
+        raise ValueError(f"rows [{a}, {b}) are not whole shards of {R} rows (n_docs {n})")
+    if values.shape != (b - a, len(layout["axes"])):
+        raise ValueError(f"rows [{a}, {b}): values of shape {values.shape}")
+    arr = zarr.open_array(str(path), mode="r+")
+    for f in embed_store.shard_files(path, arr, a, b):
+        f.unlink(missing_ok=True)
+    arr[a:b] = values.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- controller side
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    """One task per embed task (same rows); writes layout.json and creates the array once."""
+    spec = rater_spec(cfg)
+    rater = load_rater(spec).describe()  # fails here, in the controller, on a bad raters folder
+    layout = make_layout(embed_store.load_layout(rd), rater)
+    stored = read_json(layout_path(rd))
+    if stored is not None and stored != layout:
+        raise RuntimeError(
+            f"{layout_path(rd)} was planned differently ({', '.join(embed_store.layout_diff(stored, layout))} "
+            f"differ): the corpus or the raters changed. Use a new run folder, or remove {quality_dir(rd)} "
+            f"and {rd.path / '_done' / NAME} to rate again.")
+    ensure_array(store_path(rd), layout)
+    if stored is None:
+        atomic_write_json(layout_path(rd), layout)
+    return len(layout["tasks"])
+
+
+def resources(cfg: DictConfig) -> Resources:
+    q = _q(cfg)
+    mem = q.get("mem_gb")
+    return Resources(cpus=int(q.get("cpus", 1)), mem_gb=float(mem) if mem is not None else None,
+                     time_min=int(q.get("time_min", 60)))
+
+
+def load_layout(rd: RunDir) -> dict[str, Any]:
+    layout = read_json(layout_path(rd))
+    if layout is None:
+        raise FileNotFoundError(f"{layout_path(rd)} is missing: the quality stage has not been planned")
+    return layout
+
+
+# ---------------------------------------------------------------- a task
+
+
+def rate_rows(rd: RunDir, layout: dict[str, Any], a: int, b: int, batch_size: int) -> np.ndarray:
+    rater = load_rater(layout["rater"].get("dir") or "heuristic")
+    if rater.describe() != layout["rater"]:
+        raise RuntimeError(f"quality: the raters changed since the stage was planned ({rater.describe()} != "
+                           f"{layout['rater']}); use a new run folder")
+    texts = embed_store.read_rows(rd, embed_store.load_layout(rd), a, b, columns=("text",)).column("text").to_pylist()
+    parts = [rater.rate(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    scores = np.concatenate(parts) if parts else np.empty((0, len(AXES)), np.float32)
+    if not np.isfinite(scores).all() or scores.min(initial=0) < 0 or scores.max(initial=0) > MAX_SCORE:
+        raise RuntimeError(f"quality rows [{a}, {b}): scores outside [0, {MAX_SCORE}]")
+    return scores
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    t0 = time.perf_counter()
+    layout = load_layout(rd)
+    if not 0 <= task < len(layout["tasks"]):
+        raise IndexError(f"quality has {len(layout['tasks'])} tasks; there is no task {task}")
+    a, b = layout["tasks"][task]
+    scores = rate_rows(rd, layout, a, b, max(1, int(_q(cfg).get("batch_size", 1024))))
+    t_rate = time.perf_counter() - t0
+    write_rows(store_path(rd), layout, a, b, scores)
+    secs = time.perf_counter() - t0
+    stats = {"task": task, "rows": [a, b], "docs": b - a, "seconds": round(t_rate, 4), "task_seconds": round(secs, 4),
+             "docs_per_s": round((b - a) / max(t_rate, 1e-9), 1), "rater": layout["rater"]["kind"]}
+    atomic_write_json(stats_path(rd, task), stats)
+    print(f"quality task {task}: rows [{a}, {b}) rated in {t_rate:.2f} s ({stats['docs_per_s']:,.0f} docs/s, "
+          f"{layout['rater']['kind']})", flush=True)
+
+
+# ---------------------------------------------------------------- finalize
+
+
+def finalize(cfg: DictConfig, rd: RunDir) -> None:
+    """Check every row is written and in range; write summary.json."""
+    import zarr
+
+    layout = load_layout(rd)
+    path = store_path(rd)
+    arr = zarr.open_array(str(path), mode="r")
+    missing = [f for f in embed_store.shard_files(path, arr, 0, layout["n_docs"]) if not f.exists()]
+    if missing:
+        raise RuntimeError(f"quality: {len(missing)} Zarr shard(s) missing from {path}; rerun their tasks")
+    x = arr[:]
+    if not np.isfinite(x).all():
+        raise RuntimeError(f"quality: {int((~np.isfinite(x)).any(1).sum())} rows were never written")
+    secs = sum(read_json(stats_path(rd, t), default={}).get("seconds", 0.0) for t in range(len(layout["tasks"])))
+    summary = {
+        "n_docs": layout["n_docs"], "axes": list(AXES), "tasks": len(layout["tasks"]), "rater": layout["rater"],
+        "mean": dict(zip(AXES, np.round(x.mean(0), 4).tolist(), strict=True)),
+        "min": dict(zip(AXES, np.round(x.min(0), 4).tolist(), strict=True)),
+        "max": dict(zip(AXES, np.round(x.max(0), 4).tolist(), strict=True)),
+        "frac_ge_3": dict(zip(AXES, np.round((x >= 3).mean(0), 4).tolist(), strict=True)),
+        "rate_seconds": round(secs, 3), "docs_per_s": round(layout["n_docs"] / max(secs, 1e-9), 1),
+        "store": str(path.relative_to(rd.path)),
+    }
+    atomic_write_json(summary_path(rd), summary)
+    print("quality: " + json.dumps({k: summary[k] for k in ("n_docs", "mean", "docs_per_s")}), flush=True)
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)

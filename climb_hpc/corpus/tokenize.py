@@ -1,0 +1,323 @@
+"""Stage ``tokenize``: kept documents -> one flat token file per final cluster, with an index.
+
+Input: ``refine/doc_clusters.parquet`` (``id``, ``cluster``; -1 = pruned) in corpus order (the ingest
+doc shards concatenated). Layout under ``<run_dir>/tokenize/``::
+
+    tokenizer/                        HF fast tokenizer (AutoTokenizer.from_pretrained loads it)
+    plan.json                         settings, tokenizer (vocab, eos id, dtype), task -> ingest shard rows
+    parts/task_{t:05d}/cluster_{c:05d}.bin   the task's tokens of cluster c (each doc + EOS)
+    parts/task_{t:05d}/index.parquet  row, id, cluster, n_tokens of the task's kept docs, in row order
+    cluster_{c:05d}.bin               flat token ids (finalize: parts merged in task order)
+    cluster_{c:05d}.idx.parquet       id, row, offset, n_tokens: doc i = tokens[offset : offset + n_tokens],
+                                      followed by the EOS id at offset + n_tokens
+    summary.json                      dtype, vocab size, eos id, tokens and docs per cluster, tokens/s
+
+The controller (``num_tasks``) makes the tokenizer once: ``tokenize.tokenizer: null`` trains a
+byte-level BPE (``tokenize.vocab_size``, ``min_frequency``) on a seeded sample of
+``train_sample_docs`` kept documents; a path copies that HF tokenizer (``local_files_only``). Tokens
+are ``uint16`` when the vocabulary fits (<= 65536 ids), else ``uint32``. One task per ingest shard;
+a task writes its part folder atomically (a temp folder renamed), so a killed task leaves nothing
+half-written. Parts are kept after the merge (finalize can be rerun from them); delete
+``tokenize/parts`` by hand once the stage is complete to halve the disk used.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from climb_hpc.corpus import doc_shard_paths
+from climb_hpc.corpus import tokenizer as tk
+from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from climb_hpc.rundir import RunDir
+
+NAME = "tokenize"
+PLAN_VERSION = 1
+INDEX_SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("cluster", pa.int64()), ("n_tokens", pa.int64())])
+CLUSTER_INDEX_SCHEMA = pa.schema([("id", pa.string()), ("row", pa.int64()), ("offset", pa.int64()),
+                                  ("n_tokens", pa.int64())])
+
+
+# ---------------------------------------------------------------- paths
+
+
+def tok_dir(rd: RunDir) -> Path:
+    return rd.stage_dir(NAME)
+
+
+def tokenizer_dir(rd: RunDir) -> Path:
+    return tok_dir(rd) / "tokenizer"
+
+
+def plan_path(rd: RunDir) -> Path:
+    return tok_dir(rd) / "plan.json"
+
+
+def part_dir(rd: RunDir, task: int) -> Path:
+    return tok_dir(rd) / "parts" / f"task_{task:05d}"
+
+
+def cluster_bin(rd: RunDir, c: int) -> Path:
+    return tok_dir(rd) / f"cluster_{c:05d}.bin"
+
+
+def cluster_index(rd: RunDir, c: int) -> Path:
+    return tok_dir(rd) / f"cluster_{c:05d}.idx.parquet"
+
+
+def summary_path(rd: RunDir) -> Path:
+    return tok_dir(rd) / "summary.json"
+
+
+def doc_clusters_path(rd: RunDir) -> Path:
+    return rd.path / "refine" / "doc_clusters.parquet"
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def load_cluster(rd: RunDir, c: int) -> tuple[np.ndarray, pa.Table]:
+    """(tokens as a read-only memmap, index table) of cluster ``c``."""
+    s = read_json(summary_path(rd))
+    if s is None:
+        raise FileNotFoundError(f"{summary_path(rd)} is missing: the tokenize stage has not finished")
+    tokens = np.memmap(cluster_bin(rd, c), dtype=s["dtype"], mode="r")
+    return tokens, pq.read_table(cluster_index(rd, c))
+
+
+# ---------------------------------------------------------------- config
+
+
+def _t(cfg: DictConfig) -> DictConfig:
+    t = cfg.get("tokenize")
+    if t is None:
+        raise ValueError("no tokenize config: add `- tokenize: default` to the defaults of configs/config.yaml")
+    return t
+
+
+def _settings(cfg: DictConfig) -> dict[str, Any]:
+    t = _t(cfg)
+    path = t.get("tokenizer")
+    return {"tokenizer": str(Path(str(path)).expanduser().resolve()) if path else None,
+            "vocab_size": int(t.get("vocab_size", 8192)), "min_frequency": int(t.get("min_frequency", 2)),
+            "train_sample_docs": int(t.get("train_sample_docs", 20000)), "seed": int(cfg.get("seed", 0))}
+
+
+def _clusters(rd: RunDir) -> pa.Table:
+    p = doc_clusters_path(rd)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} is missing: run the refine stage before tokenize")
+    return pq.read_table(p, columns=["id", "cluster"])
+
+
+# ---------------------------------------------------------------- controller side
+
+
+def _shard_rows(rd: RunDir) -> list[dict[str, Any]]:
+    out, n = [], 0
+    for p in doc_shard_paths(rd):
+        rows = pq.read_metadata(p).num_rows
+        out.append({"shard": p.name, "offset": n, "rows": rows})
+        n += rows
+    return out
+
+
+def _sample_texts(rd: RunDir, clusters: np.ndarray, shards: list[dict[str, Any]], k: int, seed: int) -> list[str]:
+    """Texts of ``k`` kept docs drawn without replacement (seeded by run seed + stage), in corpus order."""
+    kept = np.flatnonzero(clusters >= 0)
+    rng = np.random.default_rng([seed, zlib.crc32(NAME.encode())])
+    rows = np.sort(rng.choice(kept, size=min(k, len(kept)), replace=False)) if len(kept) else kept
+    docs = rd.stage_dir("ingest") / "docs"
+    texts: list[str] = []
+    for s in shards:
+        local = rows[(rows >= s["offset"]) & (rows < s["offset"] + s["rows"])] - s["offset"]
+        if len(local):
+            col = pq.read_table(docs / s["shard"], columns=["text"]).column("text")
+            texts.extend(col.take(pa.array(local)).to_pylist())
+    return texts
+
+
+def _make_tokenizer(rd: RunDir, settings: dict[str, Any], clusters: np.ndarray, shards: list[dict[str, Any]]) -> dict:
+    with atomic_path(tokenizer_dir(rd)) as tmp:
+        tmp.mkdir()
+        if settings["tokenizer"]:
+            extra = tk.save_pretrained_copy(settings["tokenizer"], tmp)
+            source = {"kind": "pretrained", "path": settings["tokenizer"], **extra}
+        else:
+            texts = _sample_texts(rd, clusters, shards, settings["train_sample_docs"], settings["seed"])
+            if not texts:
+                raise RuntimeError("tokenize: no kept documents to train the tokenizer on (every doc is pruned)")
+            t0 = time.perf_counter()
+            tk.save_trained(tk.train_bpe(texts, settings["vocab_size"], settings["min_frequency"], len(texts)), tmp)
+            source = {"kind": "bpe", "train_docs": len(texts), "train_seconds": round(time.perf_counter() - t0, 3)}
+    return {**source, **tk.describe(tokenizer_dir(rd))}
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    """Make the tokenizer and plan one task per ingest shard, once (a stored plan is checked, not redone)."""
+    settings = _settings(cfg)
+    shards = _shard_rows(rd)
+    table = _clusters(rd)
+    n = sum(s["rows"] for s in shards)
+    if table.num_rows != n:
+        raise RuntimeError(f"{doc_clusters_path(rd)} has {table.num_rows} rows, the ingest shards {n}")
+    stored = read_json(plan_path(rd))
+    if stored is not None:
+        if stored["settings"] != settings or stored["tasks"] != shards:
+            raise RuntimeError(f"{plan_path(rd)} was planned with other settings or another corpus; use a new run "
+                               f"folder, or remove {tok_dir(rd)} and {rd.path / '_done' / NAME}")
+        return len(stored["tasks"])
+    clusters = table.column("cluster").to_numpy()
+    tokenizer = _make_tokenizer(rd, settings, clusters, shards)
+    plan = {"version": PLAN_VERSION, "settings": settings, "tokenizer": tokenizer, "n_docs": n,
+            "n_kept": int((clusters >= 0).sum()), "tasks": shards}
+    atomic_write_json(plan_path(rd), plan)
+    return len(shards)
+
+
+def resources(cfg: DictConfig) -> Resources:
+    t = _t(cfg)
+    mem = t.get("mem_gb")
+    return Resources(cpus=int(t.get("cpus", 1)), mem_gb=float(mem) if mem is not None else None,
+                     time_min=int(t.get("time_min", 60)))
+
+
+def load_plan(rd: RunDir) -> dict[str, Any]:
+    plan = read_json(plan_path(rd))
+    if plan is None:
+        raise FileNotFoundError(f"{plan_path(rd)} is missing: the tokenize stage has not been planned")
+    return plan
+
+
+# ---------------------------------------------------------------- a task
+
+
+def tokenize_shard(rd: RunDir, plan: dict[str, Any], task: int, out: Path, batch_size: int) -> dict[str, int]:
+    """Tokenize the kept docs of ingest shard ``task`` into ``out`` (a fresh folder); returns counts."""
+    spec = plan["tasks"][task]
+    a, b = spec["offset"], spec["offset"] + spec["rows"]
+    docs = pq.read_table(rd.stage_dir("ingest") / "docs" / spec["shard"], columns=["id", "text"])
+    labels = _clusters(rd).slice(a, b - a)
+    if docs.column("id").to_pylist() != labels.column("id").to_pylist():
+        raise RuntimeError(f"tokenize task {task}: ids of {spec['shard']} differ from {doc_clusters_path(rd)} rows "
+                           f"[{a}, {b}): the clusters were made for another corpus")
+    clusters = labels.column("cluster").to_numpy()
+    keep = np.flatnonzero(clusters >= 0)
+    ids = docs.column("id").take(pa.array(keep)).to_pylist()
+    texts = docs.column("text").take(pa.array(keep)).to_pylist()
+    kc = clusters[keep]
+    tok = tk.load_fast(tokenizer_dir(rd))
+    dtype, eos = np.dtype(plan["tokenizer"]["dtype"]), plan["tokenizer"]["eos_id"]
+    files: dict[int, Any] = {}
+    lengths: list[int] = []
+    try:
+        for i in range(0, len(texts), batch_size):
+            for k, enc in enumerate(tok.encode_batch(texts[i:i + batch_size], add_special_tokens=False), start=i):
+                c = int(kc[k])
+                if c not in files:
+                    files[c] = open(out / f"cluster_{c:05d}.bin", "wb")  # noqa: SIM115 (closed below)
+                ids_k = enc.ids
+                files[c].write(np.asarray([*ids_k, eos], dtype=dtype).tobytes())
+                lengths.append(len(ids_k))
+    finally:
+        for f in files.values():
+            f.close()
+    index = pa.Table.from_arrays([pa.array(a + keep, pa.int64()), pa.array(ids, pa.string()),
+                                  pa.array(kc, pa.int64()), pa.array(lengths, pa.int64())], schema=INDEX_SCHEMA)
+    pq.write_table(index, out / "index.parquet")
+    return {"docs": len(ids), "pruned": int(len(clusters) - len(keep)), "tokens": int(sum(lengths)),
+            "chars": int(sum(map(len, texts)))}
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    plan = load_plan(rd)
+    if not 0 <= task < len(plan["tasks"]):
+        raise IndexError(f"tokenize has {len(plan['tasks'])} tasks; there is no task {task}")
+    t0 = time.perf_counter()
+    with atomic_path(part_dir(rd, task)) as tmp:
+        tmp.mkdir()
+        counts = tokenize_shard(rd, plan, task, tmp, max(1, int(_t(cfg).get("batch_size", 1024))))
+        secs = time.perf_counter() - t0
+        stats = {"task": task, **counts, "seconds": round(secs, 4),
+                 "tokens_per_s": round(counts["tokens"] / max(secs, 1e-9), 1)}
+        atomic_write_json(tmp / "stats.json", stats)
+    print(f"tokenize task {task}: {counts['docs']} docs, {counts['tokens']:,} tokens in {secs:.2f} s "
+          f"({stats['tokens_per_s']:,.0f} tokens/s), {counts['pruned']} pruned docs skipped", flush=True)
+
+
+# ---------------------------------------------------------------- finalize
+
+
+def _merge_cluster(rd: RunDir, plan: dict[str, Any], c: int, indexes: list[pa.Table]) -> dict[str, int]:
+    """Concatenate cluster c's parts in task order into cluster_c.bin and write its index."""
+    itemsize = np.dtype(plan["tokenizer"]["dtype"]).itemsize
+    parts = []
+    with atomic_path(cluster_bin(rd, c)) as tmp, open(tmp, "wb") as out:
+        for t, index in enumerate(indexes):
+            mine = index.filter(pc.equal(index.column("cluster"), c))
+            if mine.num_rows == 0:
+                continue
+            part = part_dir(rd, t) / f"cluster_{c:05d}.bin"
+            n = mine.column("n_tokens").to_numpy()
+            if part.stat().st_size != int((n + 1).sum()) * itemsize:
+                raise RuntimeError(f"tokenize: {part} does not match its index; rerun task {t}")
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 16 << 20)
+            parts.append(mine)
+    table = pa.concat_tables(parts)
+    n = table.column("n_tokens").to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(n + 1)[:-1]]).astype(np.int64)
+    idx = pa.Table.from_arrays([table.column("id"), table.column("row"), pa.array(offsets), table.column("n_tokens")],
+                               schema=CLUSTER_INDEX_SCHEMA)
+    with atomic_path(cluster_index(rd, c)) as tmp:
+        pq.write_table(idx, tmp)
+    return {"docs": int(len(n)), "tokens": int((n + 1).sum()), "doc_tokens": int(n.sum())}
+
+
+def finalize(cfg: DictConfig, rd: RunDir) -> None:
+    """Merge the parts per cluster (clusters in increasing id, parts in task order); write summary.json."""
+    plan = load_plan(rd)
+    indexes = [pq.read_table(part_dir(rd, t) / "index.parquet") for t in range(len(plan["tasks"]))]
+    clusters = sorted({int(c) for ix in indexes for c in ix.column("cluster").to_pylist()})
+    per = {c: _merge_cluster(rd, plan, c, indexes) for c in clusters}
+    stats = [read_json(part_dir(rd, t) / "stats.json", default={}) for t in range(len(plan["tasks"]))]
+    secs = sum(s.get("seconds", 0.0) for s in stats)
+    doc_tokens = sum(p["doc_tokens"] for p in per.values())
+    docs = sum(p["docs"] for p in per.values())
+    if docs != plan["n_kept"]:
+        raise RuntimeError(f"tokenize: {docs} docs in the cluster files, {plan['n_kept']} kept in doc_clusters")
+    tok = plan["tokenizer"]
+    summary = {
+        "dtype": tok["dtype"], "vocab_size": tok["vocab_size"], "eos_id": tok["eos_id"], "eos_token": tok["eos_token"],
+        "tokenizer": {k: v for k, v in tok.items() if k not in ("dtype", "vocab_size", "eos_id", "eos_token")},
+        "tokenizer_dir": str(tokenizer_dir(rd).relative_to(rd.path)),
+        "n_docs": plan["n_docs"], "docs": docs, "pruned_docs": plan["n_docs"] - plan["n_kept"],
+        "tokens": sum(p["tokens"] for p in per.values()), "doc_tokens": doc_tokens,
+        "clusters": {str(c): per[c] for c in clusters},
+        "tokenize_seconds": round(secs, 3), "tokens_per_s": round(doc_tokens / max(secs, 1e-9), 1),
+        "files": {"tokens": "cluster_{c:05d}.bin", "index": "cluster_{c:05d}.idx.parquet"},
+    }
+    atomic_write_json(summary_path(rd), summary)
+    print("tokenize: " + json.dumps({k: summary[k] for k in ("dtype", "vocab_size", "docs", "tokens", "tokens_per_s")})
+          + f", {len(clusters)} clusters", flush=True)
+
+
+def cluster_ids(rd: RunDir) -> list[int]:
+    """The clusters with a token file, in increasing order."""
+    return sorted(int(c) for c in (read_json(summary_path(rd)) or {}).get("clusters", {}))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
