@@ -66,3 +66,12 @@ def differing_keys(saved: DictConfig, new: DictConfig) -> list[str]:
 
     walk(a, b, "")
     return [k for k in out if k.split(".")[0] not in RUNTIME_KEYS]
+
+
+def section(cfg: DictConfig, name: str, default: str = "default") -> DictConfig:
+    """``cfg.<name>``, or a ConfigError saying which config group to add."""
+    value = cfg.get(name)
+    if value is None:
+        raise ConfigError(f"no {name} config: add `- {name}: {default}` to the defaults of configs/config.yaml "
+                          f"or pass {name}={default}")
+    return value

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
+from climb_hpc.config import section
 from climb_hpc.corpus import doc_shard_paths
 from climb_hpc.corpus import tokenizer as tk
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
@@ -102,10 +103,7 @@ def load_cluster(rd: RunDir, c: int) -> tuple[np.ndarray, pa.Table]:
 
 
 def _t(cfg: DictConfig) -> DictConfig:
-    t = cfg.get("tokenize")
-    if t is None:
-        raise ValueError("no tokenize config: add `- tokenize: default` to the defaults of configs/config.yaml")
-    return t
+    return section(cfg, "tokenize")
 
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:

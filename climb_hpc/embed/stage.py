@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
+from climb_hpc.config import section
 from climb_hpc.corpus import doc_shard_paths
 from climb_hpc.embed import store
 from climb_hpc.embed.store import NAME
@@ -44,10 +45,7 @@ if TYPE_CHECKING:
 
 
 def _e(cfg: DictConfig) -> DictConfig:
-    e = cfg.get("embed")
-    if e is None:
-        raise ValueError("no embed config: add `- embed: minilm` to the defaults of configs/config.yaml or pass embed=minilm")
-    return e
+    return section(cfg, "embed", "minilm")
 
 
 def encoder_kwargs(cfg: DictConfig) -> dict[str, Any]:
