@@ -30,6 +30,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from climb_hpc.clusters.raters import AXES, MAX_SCORE, load_rater
+from climb_hpc.config import section
 from climb_hpc.embed import store as embed_store
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
@@ -78,10 +79,7 @@ def open_quality(rd: RunDir) -> zarr.Array:
 
 
 def _q(cfg: DictConfig) -> DictConfig:
-    q = cfg.get("quality")
-    if q is None:
-        raise ValueError("no quality config: add `- quality: default` to the defaults of configs/config.yaml")
-    return q
+    return section(cfg, "quality")
 
 
 def rater_spec(cfg: DictConfig) -> str:
