@@ -28,7 +28,7 @@ from climb_hpc.pipeline import run_pipeline
 from climb_hpc.rundir import RunDir, read_json
 from tests.conftest import ROOT, SHARED_DATA, SLURM, make_cfg
 
-SMALL = ("corpus.builtin.docs_per_domain=10", "embed.rows_per_shard=16", "embed.chunk_rows=8", "embed.cpus=1")
+SMALL = ("until=embed", "corpus.builtin.docs_per_domain=10", "embed.rows_per_shard=16", "embed.chunk_rows=8", "embed.cpus=1")
 N_DOCS, DIM, N_TASKS = 70, 384, 5
 
 
@@ -73,7 +73,7 @@ def test_embeddings_match_sentence_transformers(tmp_path):
 
     data = _slice(tmp_path)
     run = tmp_path / "run"
-    run_pipeline(make_cfg(run, "cluster=debug", f"corpus.paths=[{data}]", "embed.rows_per_shard=16",
+    run_pipeline(make_cfg(run, "cluster=debug", "until=embed", f"corpus.paths=[{data}]", "embed.rows_per_shard=16",
                           "embed.chunk_rows=8", "embed.batch_size=8", "embed.sort_window=2"))
     rd = RunDir(run)
     docs = [r for _, t in iter_doc_shards(rd, ["id", "text"]) for r in t.to_pylist()]
@@ -225,7 +225,7 @@ def test_task_killed_mid_write_reruns_to_the_same_array(reference, tmp_path):
 
 @pytest.mark.slurm
 def test_embed_runs_as_one_slurm_array(reference, tmp_path, slurm):
-    run_pipeline(make_cfg(tmp_path, *SLURM, "until=embed", *SMALL))
+    run_pipeline(make_cfg(tmp_path, *SLURM, *SMALL))
     assert RunDir(tmp_path).done_tasks("embed") == set(range(N_TASKS))
     jobs = read_json(tmp_path / "_jobs" / "embed.json")
     assert len(jobs) == N_TASKS and len({j.split("_")[0] for j in jobs.values()}) == 1  # ONE array

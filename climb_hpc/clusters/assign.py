@@ -1,0 +1,182 @@
+"""Stage ``assign``: every document's nearest k-means centroid and its L2 distance. An array over the
+embed layout's tasks (same row ranges, i.e. whole Zarr shards).
+
+Outputs under ``<run_dir>/assign/``::
+
+    assignments.zarr/        int32 [n_docs], the initial cluster of each row (corpus order)
+    distances.zarr/          float32 [n_docs], the L2 distance to that centroid
+    stats/task_{t:05d}.json  rows, seconds
+    summary.json             n_docs, k, cluster size min / median / max, empty clusters, mean distance
+
+Both arrays use the embed layout's shard and chunk rows and are created once by the controller
+(``num_tasks``); a task writes exactly the rows of its embed task — whole shards nobody else writes
+(the rule of ``climb_hpc/embed/store.py``), deleting its shard files first so a killed attempt's damaged
+file is never read back.
+
+Search: ``faiss.IndexFlatL2`` (exact). The embeddings are unit vectors but the centroids are means of
+unit vectors, shorter than 1, so inner product would prefer long centroids over near ones; L2 is the
+k-means objective itself. The distance reported is ``sqrt`` of faiss's squared L2.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from omegaconf import DictConfig
+
+from climb_hpc.clusters.kmeans import clusters_cfg, load_centroids, task_threads
+from climb_hpc.embed import load_layout, open_embeddings
+from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import zarr
+
+    from climb_hpc.rundir import RunDir
+
+NAME = "assign"
+ARRAYS = {"assignments": "int32", "distances": "float32"}
+
+
+def array_path(rd: RunDir, name: str) -> Path:
+    return rd.stage_dir(NAME) / f"{name}.zarr"
+
+
+def stats_path(rd: RunDir, task: int) -> Path:
+    return rd.stage_dir(NAME) / "stats" / f"task_{task:05d}.json"
+
+
+def summary_path(rd: RunDir) -> Path:
+    return rd.stage_dir(NAME) / "summary.json"
+
+
+def open_assignments(rd: RunDir) -> tuple[np.ndarray, np.ndarray]:
+    """(assignments int32 [n_docs], distances float32 [n_docs]) in corpus row order."""
+    import zarr
+
+    return tuple(zarr.open_array(str(array_path(rd, k)), mode="r")[:] for k in ARRAYS)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- 1-d arrays sharded like the embeddings
+
+
+def ensure_rows_array(path: Path, n: int, rows_per_shard: int, chunk_rows: int, dtype: str) -> zarr.Array:
+    """Create a 1-d [n] array with the embed layout's shards once (atomically); check an existing one."""
+    import zarr
+
+    want = {"shape": (n,), "dtype": np.dtype(dtype), "shards": (rows_per_shard,), "chunks": (chunk_rows,)}
+    if path.exists():
+        arr = zarr.open_array(str(path), mode="r")
+        have = {"shape": tuple(arr.shape), "dtype": arr.dtype, "shards": tuple(arr.shards or ()), "chunks": tuple(arr.chunks)}
+        if have != want:
+            raise RuntimeError(f"{path} exists with another layout ({have} != {want}): the embeddings changed. "
+                               f"Remove it and rm -r <run_dir>/_done/{NAME} to reassign.")
+        return arr
+    with atomic_path(path) as tmp:
+        zarr.create_array(store=str(tmp), shape=(n,), chunks=(chunk_rows,), shards=(rows_per_shard,), dtype=dtype,
+                          fill_value=-1 if np.dtype(dtype).kind == "i" else np.nan, zarr_format=3,
+                          dimension_names=("doc",), attributes={"rows": "corpus order, as embed/embeddings.zarr"})
+    return zarr.open_array(str(path), mode="r")
+
+
+def shard_files(path: Path, arr: zarr.Array, a: int, b: int) -> list[Path]:
+    R = arr.shards[0]
+    return [path / arr.metadata.encode_chunk_key((s,)) for s in range(a // R, math.ceil(b / R))]
+
+
+def write_whole_shards(path: Path, a: int, b: int, values: np.ndarray) -> None:
+    """Write rows [a, b) of a 1-d array; they must be whole shards (or end at n), owned by this task alone."""
+    import zarr
+
+    arr = zarr.open_array(str(path), mode="r+")
+    R, n = arr.shards[0], arr.shape[0]
+    if a % R or (b % R and b != n) or not 0 <= a < b <= n or values.shape != (b - a,):
+        raise ValueError(f"{path}: rows [{a}, {b}) with values {values.shape} are not whole shards of {R} (n {n})")
+    for f in shard_files(path, arr, a, b):
+        f.unlink(missing_ok=True)
+    arr[a:b] = values.astype(arr.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- search
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid int32, L2 distance float32) for each row of ``x``, exact search."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    labels = np.empty(len(x), dtype=np.int32)
+    dist = np.empty(len(x), dtype=np.float32)
+    for s in range(0, len(x), batch_rows):
+        d2, i = index.search(np.ascontiguousarray(x[s:s + batch_rows], dtype=np.float32), 1)
+        labels[s:s + len(i)] = i[:, 0]
+        dist[s:s + len(i)] = np.sqrt(np.maximum(d2[:, 0], 0.0))
+    return labels, dist
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    """One task per embed task; create both arrays once, sharded like the embeddings."""
+    layout = load_layout(rd)
+    for name, dtype in ARRAYS.items():
+        ensure_rows_array(array_path(rd, name), layout["n_docs"], layout["rows_per_shard"], layout["chunk_rows"], dtype)
+    return len(layout["tasks"])
+
+
+def resources(cfg: DictConfig) -> Resources:
+    a = clusters_cfg(cfg, NAME)
+    mem = a.get("mem_gb")
+    return Resources(cpus=int(a.get("cpus", 1)), mem_gb=float(mem) if mem is not None else None,
+                     time_min=int(a.get("time_min", 60)))
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    import faiss
+
+    t0 = time.perf_counter()
+    layout = load_layout(rd)
+    if not 0 <= task < len(layout["tasks"]):
+        raise IndexError(f"assign has {len(layout['tasks'])} tasks; there is no task {task}")
+    a, b = layout["tasks"][task]
+    faiss.omp_set_num_threads(task_threads(cfg, NAME, STAGE))
+    centroids = load_centroids(rd)
+    x = open_embeddings(rd)[a:b]
+    labels, dist = nearest(x, centroids, int(clusters_cfg(cfg, NAME).get("batch_rows", 65536)))
+    write_whole_shards(array_path(rd, "assignments"), a, b, labels)
+    write_whole_shards(array_path(rd, "distances"), a, b, dist)
+    secs = time.perf_counter() - t0
+    atomic_write_json(stats_path(rd, task), {"task": task, "rows": [a, b], "k": len(centroids),
+                                             "mean_distance": float(dist.mean()), "seconds": round(secs, 4)})
+    print(f"assign task {task}: rows [{a}, {b}) -> {len(np.unique(labels))} of {len(centroids)} clusters, "
+          f"mean distance {dist.mean():.4f}, {secs:.2f} s", flush=True)
+
+
+def finalize(cfg: DictConfig, rd: RunDir) -> None:
+    """Check every row has a valid cluster and a finite distance; write summary.json."""
+    layout = load_layout(rd)
+    k = len(load_centroids(rd))
+    for t in range(len(layout["tasks"])):
+        if read_json(stats_path(rd, t)) is None:
+            raise RuntimeError(f"assign task {t}: {stats_path(rd, t)} is missing; rerun it (rm its marker)")
+    labels, dist = open_assignments(rd)
+    bad = int(((labels < 0) | (labels >= k)).sum()) + int((~np.isfinite(dist)).sum())
+    if bad:
+        raise RuntimeError(f"assign: {bad} rows lack a cluster or a distance; rerun the stage "
+                           f"(rm -r {rd.path / '_done' / NAME})")
+    sizes = np.bincount(labels, minlength=k)
+    summary = {"n_docs": int(len(labels)), "k": k, "tasks": len(layout["tasks"]),
+               "size_min": int(sizes.min()), "size_median": float(np.median(sizes)), "size_max": int(sizes.max()),
+               "empty_clusters": int((sizes == 0).sum()), "mean_distance": float(dist.mean())}
+    atomic_write_json(summary_path(rd), summary)
+    print(f"assign: {summary}", flush=True)
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)

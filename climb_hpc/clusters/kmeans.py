@@ -1,0 +1,195 @@
+"""Stage ``kmeans``: fit K_init centroids on a seeded sample of the embeddings with faiss. One task.
+
+Outputs under ``<run_dir>/kmeans/``::
+
+    centroids.npy    [K, dim] float32, the fitted centroids (not re-normalised: means of unit vectors)
+    summary.json     k, k_init, n_docs, sample_size, dim, objective (sum of squared L2 distances of the
+                     sample to its centroids), inertia per sampled doc, iterations, gpu, seconds
+
+K rule: ``K = min(k_init, max(2, n // min_points_per_centroid), n)``, n = the docs in the sample. faiss warns under 39
+training points a centroid; on a small corpus the paper's 1000 would cut topics into near-singletons,
+which neither Ward merging nor quality means can use. Seeds: the sample and faiss's own seed derive
+from ``(cfg.seed, "kmeans")``. Thread count is fixed by config so reruns give bit-identical centroids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from climb_hpc.embed import load_layout, open_embeddings
+from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from climb_hpc.rundir import RunDir
+
+NAME = "kmeans"
+
+
+def clusters_cfg(cfg: DictConfig, section: str) -> DictConfig:
+    """``cfg.clusters.<section>``, with a clear error when the config group is missing."""
+    c = cfg.get("clusters")
+    if c is None or c.get(section) is None:
+        raise ValueError(f"no clusters.{section} config: add `- clusters: default` to the defaults of configs/config.yaml")
+    return c[section]
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 31-bit seed from the run seed and a purpose (stage, task): stable across processes and hosts."""
+    h = hashlib.sha256(":".join(map(str, (int(seed), *parts))).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def choose_k(n_docs: int, k_init: int, min_points_per_centroid: int) -> int:
+    """The number of centroids for ``n_docs`` documents (see the module docstring)."""
+    if n_docs < 1:
+        raise ValueError("kmeans: no documents")
+    k = min(int(k_init), max(2, n_docs // max(1, int(min_points_per_centroid))))
+    return max(1, min(k, n_docs))
+
+
+def sample_rows(n_docs: int, sample_size: int, seed: int) -> np.ndarray:
+    """Sorted row indices of a uniform sample without replacement (all rows when the sample covers them)."""
+    if sample_size >= n_docs:
+        return np.arange(n_docs)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_docs, size=int(sample_size), replace=False))
+
+
+def read_sample(rd: RunDir, rows: np.ndarray) -> np.ndarray:
+    """The sampled embedding rows as float32 (sorted rows: each Zarr shard is read once)."""
+    arr = open_embeddings(rd)
+    if len(rows) == arr.shape[0]:
+        return np.ascontiguousarray(arr[:], dtype=np.float32)
+    return np.ascontiguousarray(arr.oindex[rows, :], dtype=np.float32)
+
+
+def use_gpu(setting: Any) -> bool:
+    """``auto``: a GPU when faiss sees one (faiss-gpu build and a device); ``true`` insists on one."""
+    import faiss
+
+    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if str(setting).lower() == "auto":
+        return n > 0
+    want = bool(setting) if not isinstance(setting, str) else setting.lower() in ("true", "1", "yes")
+    if want and n == 0:
+        raise RuntimeError("clusters.kmeans.gpu=true but faiss sees no GPU (faiss-cpu build or no device)")
+    return want
+
+
+def task_threads(cfg: DictConfig, section: str, stage: Stage) -> int:
+    """faiss OpenMP threads: ``clusters.<section>.threads``, else the task's CPUs (overrides included)."""
+    import os
+
+    from climb_hpc.pipeline import stage_resources
+
+    t = clusters_cfg(cfg, section).get("threads")
+    n = int(t) if t else stage_resources(cfg, stage).cpus
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(n, usable))
+
+
+def fit(x: np.ndarray, k: int, *, niter: int, nredo: int, seed: int, gpu: bool,
+        min_points_per_centroid: int, max_points_per_centroid: int | None) -> tuple[np.ndarray, float, list[float]]:
+    """faiss k-means on ``x`` [n, d] float32 -> (centroids [k, d], final objective, objective per iteration)."""
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, niter=int(niter), nredo=int(nredo), seed=int(seed), gpu=gpu, verbose=False,
+                      min_points_per_centroid=int(min_points_per_centroid),
+                      max_points_per_centroid=int(max_points_per_centroid or max(1, len(x))))
+    km.train(x)
+    objective = [float(o) for o in km.obj]
+    return np.asarray(km.centroids, dtype=np.float32), objective[-1], objective
+
+
+# ---------------------------------------------------------------- paths
+
+
+def centroids_path(rd: RunDir) -> Path:
+    return rd.stage_dir(NAME) / "centroids.npy"
+
+
+def summary_path(rd: RunDir) -> Path:
+    return rd.stage_dir(NAME) / "summary.json"
+
+
+def load_centroids(rd: RunDir) -> np.ndarray:
+    p = centroids_path(rd)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} is missing: run the kmeans stage first")
+    return np.load(p)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    load_layout(rd)  # fail early in the controller when embed has not run
+    return 1
+
+
+def resources(cfg: DictConfig) -> Resources:
+    k = clusters_cfg(cfg, NAME)
+    mem = k.get("mem_gb")
+    return Resources(cpus=int(k.get("cpus", 2)), gpus=int(k.get("gpus", 0)),
+                     mem_gb=float(mem) if mem is not None else None, time_min=int(k.get("time_min", 120)))
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    import faiss
+
+    if task != 0:
+        raise IndexError(f"kmeans has 1 task; there is no task {task}")
+    t0 = time.perf_counter()
+    k_cfg = clusters_cfg(cfg, NAME)
+    layout = load_layout(rd)
+    n, dim = int(layout["n_docs"]), int(layout["dim"])
+    seed = derive_seed(int(cfg.get("seed", 0)), NAME)
+    rows = sample_rows(n, int(k_cfg.sample_size), seed)
+    k = choose_k(len(rows), int(k_cfg.k_init), int(k_cfg.min_points_per_centroid))  # faiss trains on the sample
+    x = read_sample(rd, rows)
+    if not np.isfinite(x).all():
+        raise RuntimeError("kmeans: the embeddings hold non-finite values")
+    t_read = time.perf_counter() - t0
+    gpu = use_gpu(k_cfg.get("gpu", "auto"))
+    threads = task_threads(cfg, NAME, STAGE)
+    faiss.omp_set_num_threads(threads)
+    t1 = time.perf_counter()
+    centroids, objective, history = fit(
+        x, k, niter=k_cfg.niter, nredo=k_cfg.nredo, seed=seed, gpu=gpu,
+        min_points_per_centroid=k_cfg.min_points_per_centroid, max_points_per_centroid=k_cfg.get("max_points_per_centroid"))
+    t_fit = time.perf_counter() - t1
+    with atomic_path(centroids_path(rd)) as tmp, open(tmp, "wb") as f:
+        np.save(f, centroids)
+    summary = {
+        "k": k, "k_init": int(k_cfg.k_init), "n_docs": n, "dim": dim, "sample_size": int(len(rows)),
+        "seed": seed, "niter": int(k_cfg.niter), "nredo": int(k_cfg.nredo), "gpu": gpu, "threads": threads,
+        "objective": objective, "inertia_per_doc": objective / max(1, len(rows)),
+        "objective_history": history, "read_seconds": round(t_read, 4), "fit_seconds": round(t_fit, 4),
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+    atomic_write_json(summary_path(rd), summary)
+    print(f"kmeans: K={k} (k_init {k_cfg.k_init}) on {len(rows)} of {n} docs, dim {dim}, "
+          f"inertia/doc {summary['inertia_per_doc']:.4f}, fit {t_fit:.2f} s on {'GPU' if gpu else f'CPU x{threads}'}",
+          flush=True)
+
+
+def finalize(cfg: DictConfig, rd: RunDir) -> None:
+    c = load_centroids(rd)
+    s = read_json(summary_path(rd), default={})
+    if c.shape != (s.get("k"), s.get("dim")) or not np.isfinite(c).all():
+        raise RuntimeError(f"kmeans: {centroids_path(rd)} has shape {c.shape}, the summary says ({s.get('k')}, "
+                           f"{s.get('dim')}), or holds non-finite values; rerun the stage")
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)

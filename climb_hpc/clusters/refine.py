@@ -1,0 +1,282 @@
+"""Stage ``refine``: prune initial clusters by quality, merge the survivors with Ward linkage. One task.
+
+Outputs under ``<run_dir>/refine/``::
+
+    clusters.json          pruning mode, thresholds, merge settings, doc counts, the final clusters
+                           (id, member initial clusters, size, mean scores) and every initial cluster
+                           (size, mean scores, kept or why pruned, final cluster)
+    doc_clusters.parquet   id: string, cluster: int32 (-1: pruned), one row per document in row order
+
+Pruning: with ``quality/quality.zarr`` (float32 [n_docs, n_axes], 0-5, higher = better, rows as the
+embeddings) each initial cluster's mean per axis is compared with ``clusters.refine.thresholds``; a
+cluster is pruned when any thresholded axis mean is below its threshold, or it has fewer than
+``min_size`` docs (empty clusters always go). Without quality scores pruning is skipped (a warning,
+and ``"pruning": "skipped: no quality scores"``); ``prune: false`` keeps every non-empty cluster.
+
+Merging: scipy ``linkage(centroids, method="ward")`` over the surviving centroids (one observation
+each, as in the paper), cut with ``fcluster(criterion="distance", t=merge_distance)``, or into at most
+``target_clusters`` clusters (``criterion="maxclust"``) when that is set. Scale of the cut: scipy's Ward
+height of a merge of groups A and B is ``sqrt(2|A||B|/(|A|+|B|)) * ||mean(A) - mean(B)||``, so it grows
+with the square root of the group sizes, so the top of the dendrogram scales ~sqrt(K): more centroids,
+more clusters at the same t. Measured on the 5-domain real corpus (MiniLM, unit vectors, centroid norms
+~0.8-0.9; final clusters at t=1.5 / purity / homogeneity against the source):
+
+    30k docs, K=250: 10 / 0.978 / 0.926     K=781 (the K rule): 24-27 / 0.975-0.981 / 0.92-0.93
+              K=1000: 32 / 0.978 / 0.926    (top merge heights ~6, ~10, ~12 for K = 250, 781, 1000)
+    5k docs,  K=128: 6 / 0.970-0.979 / 0.914-0.939 over seeds 0-3 (one other faiss seed: 0.90 / 0.85;
+                     5 domains in 6 clusters is tight)
+              K=1000: 54 / 0.968 / 0.924 -> over 40, hence ``max_clusters``
+
+So the paper's literal t=1.5 is kept as the default: at the K rule's sizes it gives 5-40 clusters here;
+``max_clusters`` (default 40) re-cuts a distance cut that leaves more (large K on a small corpus), and
+``target_clusters`` fixes the count outright.
+
+Final ids: ordered by size (docs) descending, then by the smallest member initial cluster id, so
+they do not depend on scipy's label order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from climb_hpc.clusters.assign import open_assignments
+from climb_hpc.clusters.kmeans import clusters_cfg, load_centroids
+from climb_hpc.embed import load_id_to_row, load_layout
+from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from climb_hpc.rundir import RunDir
+
+NAME = "refine"
+log = logging.getLogger("climb_hpc")
+DEFAULT_AXES = ("quality", "advertisement", "informational", "educational")
+DOC_SCHEMA = pa.schema([("id", pa.string()), ("cluster", pa.int32())])
+NO_SCORES = "skipped: no quality scores"
+
+
+def quality_path(rd: RunDir) -> Path:
+    return rd.path / "quality" / "quality.zarr"
+
+
+def clusters_path(rd: RunDir) -> Path:
+    return rd.stage_dir(NAME) / "clusters.json"
+
+
+def doc_clusters_path(rd: RunDir) -> Path:
+    return rd.stage_dir(NAME) / "doc_clusters.parquet"
+
+
+# ---------------------------------------------------------------- pure logic (tested on hand-built data)
+
+
+def cluster_means(labels: np.ndarray, k: int, scores: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes [k] int64, mean score per cluster and axis [k, n_axes] float64; NaN for empty clusters)."""
+    sizes = np.bincount(labels, minlength=k).astype(np.int64)
+    if scores is None:
+        return sizes, np.zeros((k, 0))
+    sums = np.stack([np.bincount(labels, weights=scores[:, j].astype(np.float64), minlength=k)
+                     for j in range(scores.shape[1])], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / sizes[:, None]
+    return sizes, means
+
+
+def prune_reasons(sizes: np.ndarray, means: np.ndarray, axes: Sequence[str],
+                  thresholds: Mapping[str, Optional[float]], min_size: int = 1, prune: bool = True) -> list[Optional[str]]:
+    """Per initial cluster: None (kept) or why it is pruned ("empty", "size 3 < 5", "quality 2.41 < 3.0")."""
+    unknown = set(k for k, v in thresholds.items() if v is not None) - set(axes)
+    if prune and means.shape[1] and unknown:
+        raise ValueError(f"clusters.refine.thresholds names axes {sorted(unknown)} that the scores lack ({list(axes)})")
+    reasons: list[Optional[str]] = []
+    for c, n in enumerate(sizes):
+        if n == 0:
+            reasons.append("empty")
+            continue
+        why = []
+        if prune and n < min_size:
+            why.append(f"size {int(n)} < {min_size}")
+        if prune:
+            for j, axis in enumerate(axes[: means.shape[1]]):
+                t = thresholds.get(axis)
+                if t is not None and means[c, j] < float(t):
+                    why.append(f"{axis} {means[c, j]:.2f} < {float(t)}")
+        reasons.append("; ".join(why) or None)
+    return reasons
+
+
+def merge(centroids: np.ndarray, method: str = "ward", distance: float = 1.5,
+          target_clusters: Optional[int] = None, max_clusters: Optional[int] = None) -> np.ndarray:
+    """Flat cluster label (1..m, scipy's order) of each centroid after hierarchical merging.
+
+    Cut at height ``distance``; or into ``target_clusters`` when given; a distance cut that leaves
+    more than ``max_clusters`` clusters is re-cut into ``max_clusters`` (Ward heights grow with the
+    number of centroids, see the module docstring)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if len(centroids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(centroids) == 1:
+        return np.ones(1, dtype=np.int64)
+    z = linkage(np.asarray(centroids, dtype=np.float64), method=method)
+    if target_clusters:
+        return fcluster(z, t=int(target_clusters), criterion="maxclust")
+    groups = fcluster(z, t=float(distance), criterion="distance")
+    if max_clusters and groups.max() > int(max_clusters):
+        groups = fcluster(z, t=int(max_clusters), criterion="maxclust")
+    return groups
+
+
+def final_ids(groups: np.ndarray, members: np.ndarray, sizes: np.ndarray) -> dict[int, list[int]]:
+    """Final id -> sorted member initial clusters; ids by total size desc, then smallest member."""
+    by_group: dict[int, list[int]] = {}
+    for g, m in zip(groups.tolist(), members.tolist(), strict=True):
+        by_group.setdefault(int(g), []).append(int(m))
+    ordered = sorted((sorted(ms) for ms in by_group.values()), key=lambda ms: (-int(sizes[ms].sum()), ms[0]))
+    return dict(enumerate(ordered))
+
+
+def refine(centroids: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarray], *, axes: Sequence[str],
+           thresholds: Mapping[str, Optional[float]], prune: bool = True, min_size: int = 1, method: str = "ward",
+           distance: float = 1.5, target_clusters: Optional[int] = None,
+           max_clusters: Optional[int] = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Doc -> final cluster (-1 pruned) and the description written to clusters.json."""
+    k = len(centroids)
+    sizes, means = cluster_means(labels, k, scores)
+    reasons = prune_reasons(sizes, means, axes, thresholds, min_size, prune and scores is not None)
+    kept = np.array([r is None for r in reasons], dtype=bool)
+    members = np.flatnonzero(kept)
+    groups = merge(centroids[members], method, distance, target_clusters, max_clusters)
+    finals = final_ids(groups, members, sizes)
+    initial_to_final = np.full(k, -1, dtype=np.int32)
+    for f, ms in finals.items():
+        initial_to_final[ms] = f
+    doc_cluster = initial_to_final[labels]
+    n_kept = int((doc_cluster >= 0).sum())
+    n_pruned = int((doc_cluster < 0).sum())
+    if n_kept + n_pruned != len(labels) or n_kept != int(sizes[kept].sum()):
+        raise RuntimeError(f"refine: kept {n_kept} + pruned {n_pruned} docs != {len(labels)}")
+    used_axes = list(axes[: means.shape[1]])
+
+    def mean_scores(ms: Sequence[int]) -> dict[str, float]:
+        w = sizes[list(ms)]
+        if not used_axes or w.sum() == 0:
+            return {}
+        return {a: round(float((means[list(ms), j] * w).sum() / w.sum()), 4) for j, a in enumerate(used_axes)}
+
+    info = {
+        "n_docs": int(len(labels)), "kept_docs": n_kept, "pruned_docs": n_pruned,
+        "initial_clusters": k, "kept_initial_clusters": int(kept.sum()), "final_clusters": len(finals),
+        "clusters": [{"id": f, "members": ms, "size": int(sizes[ms].sum()), "mean_scores": mean_scores(ms)}
+                     for f, ms in finals.items()],
+        "initial": [{"id": c, "size": int(sizes[c]), "mean_scores": mean_scores([c]) if sizes[c] else {},
+                     "final": int(initial_to_final[c]), "pruned": reasons[c]} for c in range(k)],
+    }
+    return doc_cluster, info
+
+
+# ---------------------------------------------------------------- run folder I/O
+
+
+def load_scores(rd: RunDir, n_docs: int, axes: Sequence[str]) -> tuple[Optional[np.ndarray], list[str]]:
+    """quality/quality.zarr as float32 [n_docs, n_axes] and its axis names, or (None, []) when absent.
+
+    Axis names come from the array's ``axes`` / ``columns`` / ``raters`` attribute when it has one, else
+    from ``clusters.refine.axes`` (the quality stage's documented column order)."""
+    import zarr
+
+    p = quality_path(rd)
+    if not p.exists():
+        return None, []
+    arr = zarr.open_array(str(p), mode="r")
+    x = np.asarray(arr[:], dtype=np.float32)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.shape[0] != n_docs:
+        raise RuntimeError(f"{p} has {x.shape[0]} rows, the embeddings {n_docs}: quality and embed disagree")
+    if not np.isfinite(x).all():
+        raise RuntimeError(f"{p} holds non-finite scores (unscored rows?); rerun the quality stage")
+    attrs = dict(arr.attrs)
+    names = next((list(attrs[k]) for k in ("axes", "columns", "raters") if k in attrs), None)
+    names = names if names and len(names) == x.shape[1] else list(axes)[: x.shape[1]]
+    if len(names) < x.shape[1]:
+        names += [f"axis_{j}" for j in range(len(names), x.shape[1])]
+    return x, names
+
+
+def write_doc_clusters(path: Path, ids: pa.Array, cluster: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_arrays([ids.cast(pa.string()), pa.array(cluster.astype(np.int32))],
+                                            schema=DOC_SCHEMA), tmp)
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    return 1
+
+
+def resources(cfg: DictConfig) -> Resources:
+    r = clusters_cfg(cfg, NAME)
+    mem = r.get("mem_gb")
+    return Resources(cpus=int(r.get("cpus", 1)), mem_gb=float(mem) if mem is not None else None,
+                     time_min=int(r.get("time_min", 60)))
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    if task != 0:
+        raise IndexError(f"refine has 1 task; there is no task {task}")
+    t0 = time.perf_counter()
+    r = clusters_cfg(cfg, NAME)
+    layout = load_layout(rd)
+    centroids = load_centroids(rd)
+    labels, _ = open_assignments(rd)
+    ids = load_id_to_row(rd)
+    if ids.num_rows != layout["n_docs"] or len(labels) != layout["n_docs"]:
+        raise RuntimeError(f"refine: {ids.num_rows} ids and {len(labels)} assignments for {layout['n_docs']} docs")
+    scores, axes = load_scores(rd, layout["n_docs"], list(r.get("axes") or DEFAULT_AXES))
+    prune = bool(r.get("prune", True))
+    if scores is None:
+        mode = NO_SCORES
+        log.warning("refine: %s not found (no quality stage in this pipeline): pruning skipped", quality_path(rd))
+    else:
+        mode = "applied" if prune else "disabled"
+    thresholds = OmegaConf.to_container(r.get("thresholds") or {}, resolve=True)
+    target = r.get("target_clusters")
+    cap = r.get("max_clusters")
+    doc_cluster, info = refine(
+        centroids, labels, scores, axes=axes, thresholds=thresholds, prune=prune,  # type: ignore[arg-type]
+        min_size=int(r.get("min_size", 1)), method=str(r.get("linkage", "ward")),
+        distance=float(r.get("merge_distance", 1.5)), target_clusters=int(target) if target else None,
+        max_clusters=int(cap) if cap else None)
+    write_doc_clusters(doc_clusters_path(rd), ids.column("id").combine_chunks(), doc_cluster)
+    info = {"pruning": mode, "axes": axes, "thresholds": thresholds if scores is not None else {},
+            "min_size": int(r.get("min_size", 1)),
+            "merge": {"linkage": str(r.get("linkage", "ward")), "criterion": "maxclust" if target else "distance",
+                      "t": int(target) if target else float(r.get("merge_distance", 1.5)),
+                      "max_clusters": int(cap) if cap and not target else None},
+            **info, "seconds": round(time.perf_counter() - t0, 4)}
+    atomic_write_json(clusters_path(rd), info)
+    print(f"refine: {info['initial_clusters']} initial clusters, {info['kept_initial_clusters']} kept (pruning "
+          f"{mode}) -> {info['final_clusters']} final; docs kept {info['kept_docs']}, pruned {info['pruned_docs']}",
+          flush=True)
+
+
+def finalize(cfg: DictConfig, rd: RunDir) -> None:
+    """Docs in = kept + pruned, and doc_clusters.parquet covers every row in order."""
+    info = read_json(clusters_path(rd))
+    meta = pq.read_metadata(doc_clusters_path(rd))
+    n = load_layout(rd)["n_docs"]
+    if info is None or info["kept_docs"] + info["pruned_docs"] != n or meta.num_rows != n:
+        raise RuntimeError(f"refine: outputs do not cover the {n} docs; rerun the stage")
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
