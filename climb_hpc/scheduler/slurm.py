@@ -105,7 +105,8 @@ class SlurmExecutor(Executor):
         if not candidates:
             return {}
         queued = queue_states(candidates.values())
-        alive = {t: j for t, j in candidates.items() if j in queued}
+        # COMPLETING: its work is over; if the marker is missing the task must run again
+        alive = {t: j for t, j in candidates.items() if queued.get(j, "COMPLETING") != "COMPLETING"}
         if alive:
             log.info("stage %s: re-attached to %d task(s) still queued or running", stage.name, len(alive))
         return alive
