@@ -8,9 +8,9 @@ subprocess, a Slurm array element). A task must be idempotent: it overwrites its
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import DictConfig
 
@@ -32,6 +32,14 @@ class Resources:
     @property
     def world_size(self) -> int:
         return self.nodes * self.tasks_per_node
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], **defaults: Any) -> Resources:
+        """From a stage's config section (keys cpus, gpus, nodes, tasks_per_node, mem_gb, time_min).
+
+        A key the section lacks (or sets to null) takes ``defaults``, then the field's default."""
+        given = {k: section.get(k) for k in cls.__dataclass_fields__ if section.get(k) is not None}
+        return cls(**{**defaults, **given})
 
 
 TaskFn = Callable[[DictConfig, "RunDir", int], None]

@@ -132,10 +132,7 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    a = clusters_cfg(cfg, NAME)
-    mem = a.get("mem_gb")
-    return Resources(cpus=int(a.get("cpus", 1)), mem_gb=float(mem) if mem is not None else None,
-                     time_min=int(a.get("time_min", 60)))
+    return Resources.from_config(clusters_cfg(cfg, NAME))
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:

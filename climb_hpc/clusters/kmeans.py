@@ -139,10 +139,7 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    k = clusters_cfg(cfg, NAME)
-    mem = k.get("mem_gb")
-    return Resources(cpus=int(k.get("cpus", 2)), gpus=int(k.get("gpus", 0)),
-                     mem_gb=float(mem) if mem is not None else None, time_min=int(k.get("time_min", 120)))
+    return Resources.from_config(clusters_cfg(cfg, NAME), cpus=2, time_min=120)
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:

@@ -168,10 +168,7 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    q = _q(cfg)
-    mem = q.get("mem_gb")
-    return Resources(cpus=int(q.get("cpus", 1)), mem_gb=float(mem) if mem is not None else None,
-                     time_min=int(q.get("time_min", 60)))
+    return Resources.from_config(_q(cfg))
 
 
 def load_layout(rd: RunDir) -> dict[str, Any]:

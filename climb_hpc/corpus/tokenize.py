@@ -187,10 +187,7 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    t = _t(cfg)
-    mem = t.get("mem_gb")
-    return Resources(cpus=int(t.get("cpus", 1)), mem_gb=float(mem) if mem is not None else None,
-                     time_min=int(t.get("time_min", 60)))
+    return Resources.from_config(_t(cfg))
 
 
 def load_plan(rd: RunDir) -> dict[str, Any]:

@@ -104,10 +104,7 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    e = _e(cfg)
-    mem = e.get("mem_gb")
-    return Resources(cpus=int(e.get("cpus", 2)), gpus=int(e.get("gpus", 0)),
-                     mem_gb=float(mem) if mem is not None else None, time_min=int(e.get("time_min", 120)))
+    return Resources.from_config(_e(cfg), cpus=2, time_min=120)
 
 
 def task_threads(cfg: DictConfig) -> int:
