@@ -86,8 +86,19 @@ REGISTRY: dict[str, str] = {
 }
 
 
+#: Families of stages made on demand: "<family>/<group>" -> factory(group) -> Stage.
+GROUPS: dict[str, str] = {
+    "proxy": "climb_hpc.proxy.stage:trial_stage",  # a search round's proxy trials (one array)
+}
+
+
 def get_stage(name: str) -> Stage:
     from climb_hpc.config import ConfigError
+
+    family, _, group = name.partition("/")
+    if group and family in GROUPS:
+        module, attr = GROUPS[family].split(":")
+        return getattr(importlib.import_module(module), attr)(group)
 
     try:
         target = REGISTRY[name]

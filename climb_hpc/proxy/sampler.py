@@ -1,0 +1,145 @@
+"""Training sequences drawn from the per-cluster token stores in a mixture's proportions.
+
+A cluster's *training stream* is its documents (each followed by EOS) minus the held-out ones,
+concatenated in corpus order. A training sequence is a window of ``seq_len + 1`` tokens of one
+cluster's stream, starting at a uniform random position (wrapping at the end). The whole plan (which
+cluster and which start for sequence i) is fixed up front from the seed, so the data position of a
+trial is just the number of sequences consumed: resuming needs no sampler state.
+
+Sequence counts per cluster are exact (largest remainder of ``weight x n``), not multinomial draws:
+two trials that differ only in their mixture differ only by it, which keeps trial noise down. A
+zero weight gets zero sequences. Held-out documents are chosen by a hash of the document id, so every
+trial, seed and round holds out the same ones; the targets score on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from climb_hpc.rundir import RunDir
+
+
+def heldout_mask(ids: list[str], fraction: float) -> np.ndarray:
+    """True for the documents held out of training: hash(id) / 2**64 < fraction (seed-independent)."""
+    if fraction <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    cut = int(fraction * 2**64)
+    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") < cut
+                        for i in ids), dtype=bool, count=len(ids))
+
+
+@dataclass
+class ClusterStream:
+    """The token stream of one cluster's selected documents, as contiguous runs of its token file."""
+
+    cluster: int
+    tokens: np.ndarray    # the cluster's whole token file (memmap)
+    run_start: np.ndarray  # int64: where each run starts in ``tokens``
+    run_cum: np.ndarray    # int64, len(runs) + 1: stream position where each run starts; [-1] = total
+
+    @property
+    def total(self) -> int:
+        return int(self.run_cum[-1])
+
+    @classmethod
+    def from_spans(cls, cluster: int, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> ClusterStream:
+        """Spans (doc + EOS) in file order; adjacent spans are merged so a window is one or two slices."""
+        starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+        if len(starts) == 0:
+            return cls(cluster, tokens, starts, np.zeros(1, np.int64))
+        new_run = np.ones(len(starts), dtype=bool)
+        new_run[1:] = starts[1:] != starts[:-1] + lengths[:-1]
+        run_idx = np.cumsum(new_run) - 1
+        run_len = np.bincount(run_idx, weights=lengths).astype(np.int64)
+        return cls(cluster, tokens, starts[new_run], np.concatenate([[0], np.cumsum(run_len)]))
+
+    def window(self, pos: int, n: int) -> np.ndarray:
+        """``n`` tokens of the stream from position ``pos``, wrapping around at its end."""
+        out = np.empty(n, dtype=np.int64)
+        got, total = 0, self.total
+        pos %= total
+        while got < n:
+            r = int(np.searchsorted(self.run_cum, pos, side="right")) - 1
+            offset = pos - int(self.run_cum[r])
+            take = min(n - got, int(self.run_cum[r + 1]) - pos)
+            a = int(self.run_start[r]) + offset
+            out[got:got + take] = self.tokens[a:a + take]
+            got += take
+            pos = (pos + take) % total
+        return out
+
+
+def training_streams(rd: RunDir, clusters: list[int], holdout_fraction: float) -> dict[int, ClusterStream]:
+    """The training stream of each cluster in ``clusters``: its documents minus the held-out ones."""
+    from climb_hpc.corpus.tokenize import load_cluster
+
+    out = {}
+    for c in clusters:
+        tokens, index = load_cluster(rd, c)
+        keep = ~heldout_mask(index.column("id").to_pylist(), holdout_fraction)
+        starts = index.column("offset").to_numpy()[keep]
+        lengths = index.column("n_tokens").to_numpy()[keep] + 1
+        out[c] = ClusterStream.from_spans(c, tokens, starts, lengths)
+    return out
+
+
+def exact_counts(weights: np.ndarray, n: int) -> np.ndarray:
+    """Integer counts summing to ``n`` closest to ``weights * n`` (largest remainder); zeros stay zero."""
+    want = weights * n
+    counts = np.floor(want).astype(np.int64)
+    rest = n - int(counts.sum())
+    if rest:
+        order = np.argsort(-(want - counts), kind="stable")
+        counts[order[:rest]] += 1
+    return counts
+
+
+def normalize_weights(weights: Mapping[Union[int, str], float]) -> dict[int, float]:
+    """Cluster id -> weight summing to 1; negative, non-finite or all-zero weights are errors."""
+    w = {int(k): float(v) for k, v in weights.items()}
+    bad = {k: v for k, v in w.items() if not np.isfinite(v) or v < 0}
+    if bad:
+        raise ValueError(f"mixture weights must be finite and >= 0; got {bad}")
+    total = sum(w.values())
+    if total <= 0:
+        raise ValueError("mixture weights are all zero")
+    return {k: v / total for k, v in sorted(w.items())}
+
+
+class MixtureSampler:
+    """``num_sequences`` windows of ``seq_len + 1`` tokens, drawn per the mixture, fixed by ``seed``."""
+
+    def __init__(self, streams: Mapping[int, ClusterStream], weights: Mapping[Union[int, str], float],
+                 seq_len: int, num_sequences: int, seed: int):
+        w = normalize_weights(weights)
+        missing = sorted(c for c, v in w.items() if v > 0 and (c not in streams or streams[c].total == 0))
+        if missing:
+            raise ValueError(f"mixture puts weight on clusters {missing} that have no training tokens "
+                             f"(known clusters: {sorted(streams)})")
+        self.streams = streams
+        self.seq_len = int(seq_len)
+        self.clusters = np.array(sorted(w), dtype=np.int64)
+        self.counts = exact_counts(np.array([w[int(c)] for c in self.clusters]), int(num_sequences))
+        rng = np.random.default_rng([int(seed), zlib.crc32(b"proxy-sampler")])
+        self.cluster_of = rng.permutation(np.repeat(self.clusters, self.counts))
+        self.start = np.zeros(len(self.cluster_of), dtype=np.int64)
+        for c in self.clusters[self.counts > 0]:
+            sel = self.cluster_of == c
+            self.start[sel] = rng.integers(0, streams[int(c)].total, size=int(sel.sum()))
+
+    def __len__(self) -> int:
+        return len(self.cluster_of)
+
+    def sequences(self, first: int, count: int) -> np.ndarray:
+        """Sequences ``first .. first + count - 1`` as an int64 array [count, seq_len + 1]."""
+        if first < 0 or first + count > len(self):
+            raise IndexError(f"sequences [{first}, {first + count}) of a plan of {len(self)}")
+        return np.stack([self.streams[int(self.cluster_of[i])].window(int(self.start[i]), self.seq_len + 1)
+                         for i in range(first, first + count)])

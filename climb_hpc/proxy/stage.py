@@ -1,0 +1,124 @@
+"""A group of proxy trials as one stage: "run these N mixtures" = one job array (``proxy/<group>``).
+
+The search calls :func:`run_mixtures` once a round. The group's plan (``proxy/<group>/trials.json``)
+is written once; a relaunch with the same mixtures resumes (finished trials are kept, preempted ones
+continue from their checkpoint), a relaunch with other mixtures is refused. Trial ``i`` lives in
+``proxy/<group>/trial_{i:05d}/`` (see ``climb_hpc/proxy/train.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from omegaconf import DictConfig
+
+from climb_hpc.proxy.sampler import normalize_weights
+from climb_hpc.rundir import atomic_write_json, read_json
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from climb_hpc.rundir import RunDir
+    from climb_hpc.scheduler.base import Executor
+
+ROOT = "proxy"
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+Mixture = Mapping[Union[int, str], float]
+
+
+def group_dir(rd: RunDir, group: str) -> Path:
+    return rd.stage_dir(f"{ROOT}/{group}")
+
+
+def trial_dir(rd: RunDir, group: str, i: int) -> Path:
+    return group_dir(rd, group) / f"trial_{i:05d}"
+
+
+def load_plan(rd: RunDir, group: str) -> dict[str, Any]:
+    plan = read_json(group_dir(rd, group) / "trials.json")
+    if plan is None:
+        raise FileNotFoundError(f"{group_dir(rd, group) / 'trials.json'} is missing: plan the group with run_mixtures")
+    return plan
+
+
+def trial_stage(group: str) -> Stage:
+    """The stage ``proxy/<group>``: one task a planned trial, checkpointable (preempted trials resume)."""
+    if not _GROUP.match(group):
+        raise ValueError(f"proxy group name {group!r}: use letters, digits, '_', '-', '.'")
+
+    def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+        from climb_hpc.proxy.train import run_trial
+
+        spec = load_plan(rd, group)["trials"][task]
+        m = run_trial(cfg, rd, trial_dir(rd, group, task), spec["weights"], int(spec["seed"]))
+        t = m["target"]
+        print(f"proxy/{group} trial {task}: target {t['kind']} = {t['value']:.5f} ({t['direction']} is better)",
+              flush=True)
+
+    def resources(cfg: DictConfig) -> Resources:
+        return Resources.from_config(cfg.proxy, time_min=60)
+
+    return Stage(name=f"{ROOT}/{group}", run=run, num_tasks=lambda cfg, rd: len(load_plan(rd, group)["trials"]),
+                 resources=resources, finalize=lambda cfg, rd: _collect(rd, group), checkpointable=True)
+
+
+def _collect(rd: RunDir, group: str) -> list[dict[str, Any]]:
+    """Per trial: its mixture, seed and metrics; written to ``proxy/<group>/results.json``."""
+    plan = load_plan(rd, group)
+    rows = []
+    for i, spec in enumerate(plan["trials"]):
+        m = read_json(trial_dir(rd, group, i) / "metrics.json")
+        if m is None:
+            raise RuntimeError(f"proxy/{group} trial {i} has a completion marker but no metrics.json")
+        rows.append({"trial": i, **spec, "value": m["target"]["value"], "direction": m["target"]["direction"],
+                     "metrics": m})
+    atomic_write_json(group_dir(rd, group) / "results.json", rows)
+    return rows
+
+
+def plan_trials(rd: RunDir, group: str, mixtures: Sequence[Mixture], seeds: Sequence[int]) -> dict[str, Any]:
+    """Write the group's plan once; an existing plan must be the same (a relaunch resumes it)."""
+    if len(mixtures) != len(seeds) or not mixtures:
+        raise ValueError(f"need one seed a mixture and at least one mixture; got {len(mixtures)} and {len(seeds)}")
+    from climb_hpc.corpus.tokenize import cluster_ids
+
+    known = set(cluster_ids(rd))
+    for i, m in enumerate(mixtures):
+        unknown = sorted(c for c, w in normalize_weights(m).items() if w > 0 and c not in known)
+        if unknown:
+            raise ValueError(f"mixture {i} weights clusters {unknown} that have no token store; "
+                             f"this run's clusters: {sorted(known)}")
+    plan = {"trials": [{"weights": {str(k): v for k, v in normalize_weights(m).items()}, "seed": int(s)}
+                       for m, s in zip(mixtures, seeds, strict=True)]}
+    path = group_dir(rd, group) / "trials.json"
+    stored = read_json(path)
+    if stored is not None and stored != plan:
+        raise RuntimeError(f"{path} holds other trials than these {len(mixtures)}; a group's trials cannot change. "
+                           f"Use another group name, or remove {group_dir(rd, group)} and "
+                           f"{rd.path / '_done' / ROOT / group}")
+    if stored is None:
+        atomic_write_json(path, plan)
+    return plan
+
+
+def run_mixtures(cfg: DictConfig, rd: RunDir, executor: Executor, group: str, mixtures: Sequence[Mixture],
+                 seeds: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
+    """Train and score one proxy a mixture, as one array (stage ``proxy/<group>``); returns each trial's
+    ``{trial, weights, seed, value, direction, metrics}`` in order.
+
+    ``seeds`` default to ``proxy.seed`` (else the run seed) for every trial: trials then differ only by
+    their mixture. Raises ``StageFailed`` when trials still fail after the retries."""
+    from climb_hpc.pipeline import run_stage
+
+    if seeds is None:
+        seed = cfg.proxy.get("seed")
+        seeds = [int(cfg.seed if seed is None else seed)] * len(mixtures)
+    plan_trials(rd, group, mixtures, seeds)
+    stage = trial_stage(group)
+    if not rd.stage_complete(stage.name):
+        if run_stage(cfg, rd, stage, executor) is None:
+            return []  # dry run
+    return _collect(rd, group)

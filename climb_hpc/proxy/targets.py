@@ -1,0 +1,249 @@
+"""What a proxy trial is scored on (``cfg.target``): LM loss on held-out docs or a JSONL, or multiple-choice
+accuracy by log-likelihood.
+
+LM loss is the mean next-token NLL (nats) over a packed stream: ``[EOS] + doc + EOS + doc + EOS ...`` cut
+into windows of ``seq_len + 1`` tokens that overlap by one, so every token but the first is predicted once.
+
+Multiple choice follows lm-evaluation-harness: each choice is scored as a continuation of the context,
+``sum log p(choice tokens | EOS + context)``, optionally divided by the choice's length in characters
+(``normalize: char``, lm-eval's acc_norm) or tokens; the prediction is the best-scoring choice. A space
+is put between context and choice unless one of them already has it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from climb_hpc.rundir import RunDir
+
+DIRECTION = {"heldout": "lower", "jsonl": "lower", "mc": "higher"}
+
+
+class TargetError(ValueError):
+    """The target config or its file is wrong; the message says what to fix."""
+
+
+# ---------------------------------------------------------------- LM loss on a packed stream
+
+
+@torch.no_grad()
+def packed_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
+                device: torch.device, autocast: Any = contextlib.nullcontext) -> dict[str, float]:
+    """Mean next-token NLL of ``tokens`` (1-D ids) in windows of ``seq_len + 1`` overlapping by one."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) < 2:
+        raise TargetError("nothing to score: fewer than 2 target tokens")
+    starts = list(range(0, len(tokens) - 1, seq_len))
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(starts), batch_size):
+            chunk = [tokens[s:s + seq_len + 1] for s in starts[i:i + batch_size]]
+            width = max(len(c) for c in chunk)
+            batch = np.full((len(chunk), width), -100, dtype=np.int64)
+            for r, c in enumerate(chunk):
+                batch[r, :len(c)] = c
+            x = torch.from_numpy(batch[:, :-1]).to(device)
+            y = torch.from_numpy(batch[:, 1:]).to(device)
+            with autocast():
+                logits = model(input_ids=x.clamp_min(0)).logits  # pads (-100) sit after real tokens: causal
+            nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((y != -100).sum())
+    finally:
+        model.train(was_training)
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def heldout_streams(rd: RunDir, clusters: list[int], fraction: float, max_tokens: int, eos_id: int
+                    ) -> dict[int, np.ndarray]:
+    """Per cluster: ``[EOS]`` + its held-out docs (each + EOS) in corpus order, at most ``max_tokens`` a cluster."""
+    from climb_hpc.corpus.tokenize import load_cluster
+    from climb_hpc.proxy.sampler import heldout_mask
+
+    out = {}
+    for c in clusters:
+        tokens, index = load_cluster(rd, c)
+        held = heldout_mask(index.column("id").to_pylist(), fraction)
+        offsets = index.column("offset").to_numpy()[held]
+        lengths = index.column("n_tokens").to_numpy()[held] + 1
+        parts, n = [np.array([eos_id], np.int64)], 1
+        for a, k in zip(offsets, lengths, strict=True):
+            if n >= max_tokens:
+                break
+            take = int(min(k, max_tokens - n))
+            parts.append(np.asarray(tokens[a:a + take], np.int64))
+            n += take
+        if n < 2:
+            raise TargetError(f"cluster {c} has no held-out documents at proxy.holdout_fraction={fraction}; "
+                              "raise it, or score on other clusters (target.clusters)")
+        out[c] = np.concatenate(parts)
+    return out
+
+
+def read_jsonl(path: str | Path, limit: Optional[int] = None) -> list[dict[str, Any]]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise TargetError(f"target file {p} does not exist")
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TargetError(f"{p} line {n} is not JSON: {e}") from None
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise TargetError(f"target file {p} has no records")
+    return rows
+
+
+def jsonl_stream(path: str | Path, field: str, tokenizer: Any, eos_id: int, max_tokens: int) -> np.ndarray:
+    """``[EOS]`` + each record's ``field`` tokenized (+ EOS), up to ``max_tokens`` tokens."""
+    ids: list[int] = [eos_id]
+    for n, row in enumerate(read_jsonl(path), 1):
+        text = row.get(field)
+        if not isinstance(text, str):
+            raise TargetError(f"{path} record {n} has no string field {field!r} (target.text_field)")
+        ids.extend(tokenizer.encode(text, add_special_tokens=False).ids)
+        ids.append(eos_id)
+        if len(ids) >= max_tokens:
+            break
+    return np.asarray(ids[:max_tokens], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def read_mc(path: str | Path, max_items: Optional[int] = None) -> list[dict[str, Any]]:
+    """Validated ``{context, choices, answer}`` records; ``answer`` is an index or the text of a choice."""
+    items = []
+    for n, row in enumerate(read_jsonl(path, max_items), 1):
+        ctx, choices, ans = row.get("context"), row.get("choices"), row.get("answer")
+        if not isinstance(ctx, str) or not isinstance(choices, list) or len(choices) < 2 \
+                or not all(isinstance(c, str) and c for c in choices):
+            raise TargetError(f"{path} record {n}: need {{context: str, choices: [str, str, ...], answer}}")
+        if isinstance(ans, str) and ans in choices:
+            ans = choices.index(ans)
+        if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(choices):
+            raise TargetError(f"{path} record {n}: answer {ans!r} is neither a choice index nor a choice's text")
+        items.append({"context": ctx, "choices": choices, "answer": ans})
+    return items
+
+
+def _continuation(context: str, choice: str) -> str:
+    return choice if (not context or context[-1].isspace() or choice[0].isspace()) else " " + choice
+
+
+@torch.no_grad()
+def choice_logprobs(model: torch.nn.Module, tokenizer: Any, eos_id: int, context: str, choices: list[str],
+                    max_len: int, device: torch.device, autocast: Any = contextlib.nullcontext
+                    ) -> list[tuple[float, int]]:
+    """(sum log p(choice | context), number of choice tokens) per choice."""
+    ctx = [eos_id] + tokenizer.encode(context, add_special_tokens=False).ids
+    seqs, conts = [], []
+    for choice in choices:
+        cont = tokenizer.encode(_continuation(context, choice), add_special_tokens=False).ids
+        if not cont:
+            raise TargetError(f"choice {choice!r} tokenizes to nothing")
+        seq = (ctx + cont)[-(max_len + 1):]
+        seqs.append(seq)
+        conts.append(min(len(cont), len(seq) - 1))
+    width = max(len(s) for s in seqs)
+    batch = torch.full((len(seqs), width), eos_id, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        batch[r, :len(s)] = torch.tensor(s)
+    batch = batch.to(device)
+    with autocast():
+        logits = model(input_ids=batch[:, :-1]).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    out = []
+    for r, (s, k) in enumerate(zip(seqs, conts, strict=True)):
+        pos = torch.arange(len(s) - 1 - k, len(s) - 1, device=device)
+        out.append((float(logp[r, pos, batch[r, pos + 1]].sum()), k))
+    return out
+
+
+def mc_accuracy(model: torch.nn.Module, tokenizer: Any, eos_id: int, items: list[dict[str, Any]], max_len: int,
+                device: torch.device, normalize: str = "char", autocast: Any = contextlib.nullcontext
+                ) -> dict[str, Any]:
+    """Accuracy of picking the best-scoring choice; ``normalize``: none | token | char."""
+    if normalize not in ("none", "token", "char"):
+        raise TargetError(f"target.normalize={normalize!r}: choose none, token or char")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for item in items:
+            scores = []
+            for choice, (lp, k) in zip(item["choices"], choice_logprobs(
+                    model, tokenizer, eos_id, item["context"], item["choices"], max_len, device, autocast),
+                    strict=True):
+                scores.append(lp if normalize == "none" else lp / (k if normalize == "token" else len(choice)))
+            correct += int(int(np.argmax(scores)) == item["answer"])
+    finally:
+        model.train(was_training)
+    return {"accuracy": correct / len(items), "items": len(items), "normalize": normalize}
+
+
+# ---------------------------------------------------------------- the target of a trial
+
+
+def check_target(tcfg: Mapping[str, Any]) -> str:
+    kind = str(tcfg.get("kind"))
+    if kind not in DIRECTION:
+        raise TargetError(f"target.kind={kind!r}: choose heldout, jsonl or mc")
+    if kind in ("jsonl", "mc") and not tcfg.get("path"):
+        raise TargetError(f"target.kind={kind} needs target.path (a JSONL file)")
+    return kind
+
+
+def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clusters: list[int], holdout: float,
+             seq_len: int, tokenizer: Any, eos_id: int, device: torch.device,
+             autocast: Any = contextlib.nullcontext) -> dict[str, Any]:
+    """``{"target": {kind, value, direction}, ...details}`` for ``cfg.target``.
+
+    Every trial also records the held-out loss of each cluster (``heldout_loss``): cheap, and what a
+    report or a later predictor can use whatever the target."""
+    kind = check_target(tcfg)
+    bs, max_tokens = int(tcfg.get("batch_size", 16)), int(tcfg.get("max_tokens", 200000))
+    per = {}
+    if holdout > 0:
+        streams = heldout_streams(rd, clusters, holdout, max(2, max_tokens // max(1, len(clusters))), eos_id)
+        per = {c: packed_loss(model, s, seq_len, bs, device, autocast) for c, s in streams.items()}
+    out: dict[str, Any] = {"heldout_loss": {str(c): round(v["loss"], 6) for c, v in per.items()}}
+    if kind == "heldout":
+        chosen = [int(c) for c in tcfg.get("clusters") or clusters]
+        unknown = sorted(set(chosen) - set(per))
+        if unknown:
+            raise TargetError(f"target.clusters {unknown} are not clusters of this run ({clusters}), or "
+                              "proxy.holdout_fraction is 0")
+        n = sum(per[c]["tokens"] for c in chosen)
+        value = sum(per[c]["loss"] * per[c]["tokens"] for c in chosen) / n
+        out["target"] = {"kind": kind, "clusters": chosen, "tokens": n, "value": value}
+    elif kind == "jsonl":
+        stream = jsonl_stream(tcfg["path"], str(tcfg.get("text_field", "text")), tokenizer, eos_id, max_tokens)
+        r = packed_loss(model, stream, seq_len, bs, device, autocast)
+        out["target"] = {"kind": kind, "path": str(tcfg["path"]), "tokens": r["tokens"], "value": r["loss"]}
+    else:
+        items = read_mc(tcfg["path"], int(tcfg.get("max_items", 1000)))
+        r = mc_accuracy(model, tokenizer, eos_id, items, seq_len, device, str(tcfg.get("normalize", "char")), autocast)
+        out["target"] = {"kind": kind, "path": str(tcfg["path"]), "items": r["items"],
+                         "normalize": r["normalize"], "value": r["accuracy"]}
+    out["target"]["direction"] = DIRECTION[kind]
+    return out

@@ -1,0 +1,266 @@
+"""One proxy trial: train a fresh LM on a mixture, checkpointing so a preempted trial resumes exactly.
+
+The loop is plain PyTorch on purpose: AdamW, an LR computed from the step (so a resumed run needs no
+scheduler state), gradient accumulation, bf16 autocast on GPU. A checkpoint holds the model, the
+optimizer, the step, the loss history and the RNG states; the data position is the step itself (the
+sampler's plan is fixed by the seed). With the same thread count, a trial stopped and resumed any
+number of times ends with exactly the weights and losses of one that never stopped.
+
+Trial folder::
+
+    weights.json      the mixture (cluster -> weight) and the seed
+    attempts.json     the step each attempt started from ([0] for a trial never interrupted)
+    train_log.jsonl   one line a step: step, loss, lr, tokens, elapsed seconds
+    ckpt/state.pt     the last checkpoint (removed at the end unless proxy.keep_checkpoint)
+    metrics.json      written last: the target {kind, value, direction}, held-out losses, throughput
+    model/            the trained model as an HF checkpoint (proxy.save_model)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from climb_hpc import preempt
+from climb_hpc.proxy.model import build_model, count_params, train_flops_per_token
+from climb_hpc.proxy.sampler import MixtureSampler, training_streams
+from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from climb_hpc.rundir import RunDir
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def num_steps(pcfg: Mapping[str, Any]) -> int:
+    per_step = int(pcfg["batch_size"]) * int(pcfg["seq_len"])
+    return max(1, math.ceil(int(pcfg["tokens"]) / per_step))
+
+
+def lr_at(step: int, total: int, ocfg: Mapping[str, Any]) -> float:
+    """LR of optimizer step ``step`` (0-based): linear warmup, then cosine or WSD down to lr * min_lr_ratio."""
+    peak, floor = float(ocfg["lr"]), float(ocfg["lr"]) * float(ocfg.get("min_lr_ratio", 0.1))
+    w = float(ocfg.get("warmup", 0.0))
+    warmup = int(round(w * total)) if w < 1 else int(w)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    schedule = str(ocfg.get("schedule", "cosine"))
+    if schedule == "cosine":
+        t = (step - warmup) / max(1, total - warmup - 1)
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if schedule == "wsd":
+        decay = max(1, int(round(float(ocfg.get("decay", 0.2)) * total)))
+        start = total - decay
+        if step < start:
+            return peak
+        return peak + (floor - peak) * (step - start + 1) / decay
+    raise ValueError(f"proxy.optim.schedule={schedule!r}: choose cosine or wsd")
+
+
+def make_optimizer(model: torch.nn.Module, ocfg: Mapping[str, Any], device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; fused kernels on GPU, foreach on CPU (dep-probe trap 2)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": float(ocfg.get("weight_decay", 0.0))},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=float(ocfg["lr"]), betas=tuple(ocfg.get("betas", (0.9, 0.95))),
+                             eps=float(ocfg.get("eps", 1e-8)), **kind)
+
+
+# ---------------------------------------------------------------- devices and precision
+
+
+def pick_device(pcfg: Mapping[str, Any]) -> torch.device:
+    if int(pcfg.get("gpus", 0) or 0) > 0 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def autocast_for(pcfg: Mapping[str, Any], device: torch.device) -> Any:
+    """A no-argument context factory: bf16 autocast per ``proxy.precision``, else a null context."""
+    precision = str(pcfg.get("precision", "auto"))
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"proxy.precision={precision!r}: choose auto, fp32 or bf16")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Pin torch's intra-op threads (results depend on the thread count; the debug executor shares a process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+                    history: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "history": history, "rng": _rng_state()}, tmp / "state.pt")
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return int(state["step"]), list(state["history"])
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write(path, "".join(json.dumps(h) + "\n" for h in history))
+
+
+# ---------------------------------------------------------------- the trial
+
+
+def _tokenizer_info(rd: RunDir) -> dict[str, Any]:
+    from climb_hpc.corpus.tokenize import summary_path
+
+    s = read_json(summary_path(rd))
+    if s is None:
+        raise FileNotFoundError(f"{summary_path(rd)} is missing: run the tokenize stage before proxy trials")
+    return s
+
+
+def run_trial(cfg: DictConfig, rd: RunDir, out: Path, weights: Mapping[Union[int, str], float], seed: int) -> dict:
+    """Train on ``weights``, score on ``cfg.target``, write ``out/metrics.json``; resumes from ``out/ckpt``."""
+    from climb_hpc.corpus.tokenize import cluster_ids, tokenizer_dir
+    from climb_hpc.corpus.tokenizer import load_fast
+    from climb_hpc.proxy import targets
+
+    done = read_json(out / "metrics.json")
+    if done is not None:
+        return done
+    pcfg, tcfg = cfg.proxy, cfg.target
+    targets.check_target(tcfg)
+    summary = _tokenizer_info(rd)
+    clusters = cluster_ids(rd)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "weights.json", {"weights": {str(k): v for k, v in weights.items()}, "seed": seed})
+    device = pick_device(pcfg)
+    autocast = autocast_for(pcfg, device)
+    seq_len, batch = int(pcfg.seq_len), int(pcfg.batch_size)
+    micro = int(pcfg.get("micro_batch_size") or batch)
+    if batch % micro:
+        raise ValueError(f"proxy.batch_size={batch} is not a multiple of proxy.micro_batch_size={micro}")
+    steps = num_steps(pcfg)
+    sampler = MixtureSampler(training_streams(rd, clusters, float(pcfg.holdout_fraction)), weights, seq_len,
+                             steps * batch, seed)
+    with torch_threads(int(pcfg.get("cpus") or 1)):
+        model = build_model(pcfg.model, summary["vocab_size"], summary["eos_id"], seq_len, seed).to(device)
+        opt = make_optimizer(model, pcfg.optim, device)
+        step, history = 0, []
+        if (out / "ckpt" / "state.pt").exists():
+            step, history = load_checkpoint(out / "ckpt", model, opt)
+            print(f"proxy trial {out.name}: resumed from the checkpoint at step {step} of {steps}", flush=True)
+        attempts = read_json(out / "attempts.json", default=[])
+        atomic_write_json(out / "attempts.json", [*attempts, step])  # the step each attempt began at
+        _write_log(out / "train_log.jsonl", history)  # drops steps logged after the checkpoint
+        fwd = torch.compile(model) if pcfg.get("compile") else model
+        first = step
+        train_s = _train(fwd, model, opt, sampler, pcfg, device, autocast, out, step, steps, history)
+        model.eval()
+        result = targets.evaluate(model, tcfg, rd, clusters=clusters, holdout=float(pcfg.holdout_fraction),
+                                  seq_len=seq_len, tokenizer=load_fast(tokenizer_dir(rd)),
+                                  eos_id=summary["eos_id"], device=device, autocast=autocast)
+        if pcfg.get("save_model"):
+            with atomic_path(out / "model") as tmp:
+                model.save_pretrained(str(tmp))
+    tokens = steps * batch * seq_len
+    fpt = train_flops_per_token(model.config, seq_len)
+    metrics = {**result, "final_train_loss": history[-1]["loss"], "steps": steps, "tokens": tokens,
+               "params": count_params(model), "train_flops_per_token": fpt, "device": str(device),
+               "threads": torch.get_num_threads() if device.type == "cpu" else None,
+               "resumed_at_step": first or None, "train_seconds": round(train_s, 3),  # this attempt's
+               "tokens_per_s": round((steps - first) * batch * seq_len / max(train_s, 1e-9), 1),
+               "model_flops_per_s": round(fpt * (steps - first) * batch * seq_len / max(train_s, 1e-9))}
+    atomic_write_json(out / "metrics.json", metrics)
+    if not pcfg.get("keep_checkpoint"):
+        shutil.rmtree(out / "ckpt", ignore_errors=True)
+    return metrics
+
+
+def _train(fwd: Any, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: MixtureSampler,
+           pcfg: Mapping[str, Any], device: torch.device, autocast: Any, out: Path, step: int, steps: int,
+           history: list[dict[str, Any]]) -> float:
+    """Optimizer steps ``step .. steps - 1``; returns the seconds spent. Saves and raises on preemption."""
+    seq_len, batch = int(pcfg["seq_len"]), int(pcfg["batch_size"])
+    micro = int(pcfg.get("micro_batch_size") or batch)
+    clip, every = float(pcfg["optim"].get("grad_clip", 0.0)), int(pcfg.get("ckpt_every", 100))
+    first_step = step
+    model.train()
+    t0 = time.perf_counter()
+    with open(out / "train_log.jsonl", "a") as logf:
+        while step < steps:
+            lr = lr_at(step, steps, pcfg["optim"])
+            for g in opt.param_groups:
+                g["lr"] = lr
+            total = 0.0
+            for m in range(0, batch, micro):
+                seqs = torch.from_numpy(sampler.sequences(step * batch + m, micro)).to(device, non_blocking=True)
+                with autocast():
+                    logits = fwd(input_ids=seqs[:, :-1]).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten()) * (micro / batch)
+                loss.backward()
+                total += float(loss.detach())
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            rec = {"step": step, "loss": total, "lr": lr, "tokens": step * batch * seq_len,
+                   "elapsed_s": round(time.perf_counter() - t0, 4)}
+            history.append(rec)
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            stop = preempt.requested()
+            if step < steps and (stop or step % every == 0):
+                save_checkpoint(out / "ckpt", model, opt, step, history)
+            if stop and step < steps:
+                raise preempt.Preempted(f"proxy trial {out.name}: saved at step {step} of {steps}")
+    secs = time.perf_counter() - t0
+    if step > first_step:
+        print(f"proxy trial {out.name}: {step - first_step} steps, {(step - first_step) * batch * seq_len:,} tokens "
+              f"in {secs:.1f} s; final loss {history[-1]['loss']:.4f}", flush=True)
+    return secs
+
