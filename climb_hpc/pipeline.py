@@ -87,6 +87,15 @@ class StageResult:
 def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> Optional[StageResult]:
     """Run the stage's unfinished tasks (retrying failures), then its finalize. None on dry run."""
     t0 = time.time()
+    if stage.drive is not None:
+        log.info("stage %s: driving its sub-stages (%s)", stage.name, executor.describe(stage_resources(cfg, stage)))
+        rd.update_manifest(stages={stage.name: {"num_tasks": 0, "driver": True}})
+        if executor.cfg.get("dry_run"):
+            print(f"dry run: stage {stage.name} launches its arrays as it goes; it needs the earlier stages' "
+                  "outputs, so nothing is written for it")
+            return None
+        stage.drive(cfg, rd, executor)
+        return _complete(cfg, rd, stage, 0, 0, t0)
     n = stage.num_tasks(cfg, rd)
     res = stage_resources(cfg, stage)
     todo = [t for t in range(n) if not rd.is_done(stage.name, t)]
@@ -112,6 +121,11 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
             + "\n".join(lines)
             + "\nFix the cause and run the same command again: finished tasks are kept."
         )
+    return _complete(cfg, rd, stage, n, ran, t0)
+
+
+def _complete(cfg: DictConfig, rd: RunDir, stage: Stage, n: int, ran: int, t0: float) -> StageResult:
+    """Finalize, then the stage marker (last: a marker means the outputs are complete)."""
     if stage.finalize is not None:
         stage.finalize(cfg, rd)
     seconds = time.time() - t0

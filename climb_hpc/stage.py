@@ -46,6 +46,7 @@ TaskFn = Callable[[DictConfig, "RunDir", int], None]
 CountFn = Callable[[DictConfig, "RunDir"], int]
 ResourcesFn = Callable[[DictConfig], Resources]
 FinalizeFn = Callable[[DictConfig, "RunDir"], None]
+DriveFn = Callable[[DictConfig, "RunDir", Any], None]  # (cfg, run_dir, executor)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class Stage:
                    the stage counts as complete only after it returns
     checkpointable: the task polls ``climb_hpc.preempt.requested()``, saves its state and raises
                    ``Preempted``; the scheduler then requeues it and it resumes from that state
+    drive:         for a stage that launches other stages as it goes (the search: one array of proxy
+                   trials a round): drive(cfg, run_dir, executor) runs in the controller instead of
+                   tasks. It hands the executor on (``climb_hpc.proxy.run_mixtures``) and never
+                   touches Slurm itself; it must be idempotent (a relaunch replays finished rounds
+                   from the run folder)
     """
 
     name: str
@@ -68,6 +74,7 @@ class Stage:
     resources: ResourcesFn = lambda cfg: Resources()
     finalize: Optional[FinalizeFn] = None
     checkpointable: bool = False
+    drive: Optional[DriveFn] = None
 
 
 #: Stage name -> "module:ATTR", imported lazily so a task process imports only its own stage.

@@ -1,7 +1,7 @@
 """One proxy trial: train a fresh LM on a mixture, checkpointing so a preempted trial resumes exactly.
 
 The loop is plain PyTorch on purpose: AdamW, an LR computed from the step (so a resumed run needs no
-scheduler state), gradient accumulation, bf16 autocast on GPU. A checkpoint holds the model, the
+scheduler state), gradient accumulation, bf16 autocast where the hardware has it. A checkpoint holds the model, the
 optimizer, the step, the loss history and the RNG states; the data position is the step itself (the
 sampler's plan is fixed by the seed). With the same thread count, a trial stopped and resumed any
 number of times ends with exactly the weights and losses of one that never stopped.
@@ -91,12 +91,29 @@ def pick_device(pcfg: Mapping[str, Any]) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_for(pcfg: Mapping[str, Any], device: torch.device) -> Any:
-    """A no-argument context factory: bf16 autocast per ``proxy.precision``, else a null context."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether this device multiplies bf16 natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def precision_for(pcfg: Mapping[str, Any], device: torch.device) -> str:
+    """``proxy.precision``: auto = bf16 autocast where the hardware has native bf16, else fp32."""
     precision = str(pcfg.get("precision", "auto"))
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"proxy.precision={precision!r}: choose auto, fp32 or bf16")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast_for(precision: str, device: torch.device) -> Any:
+    """A no-argument context factory: bf16 autocast, or a null context for fp32."""
+    if precision == "bf16":
         return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -178,7 +195,8 @@ def run_trial(cfg: DictConfig, rd: RunDir, out: Path, weights: Mapping[Union[int
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "weights.json", {"weights": {str(k): v for k, v in weights.items()}, "seed": seed})
     device = pick_device(pcfg)
-    autocast = autocast_for(pcfg, device)
+    precision = precision_for(pcfg, device)
+    autocast = autocast_for(precision, device)
     seq_len, batch = int(pcfg.seq_len), int(pcfg.batch_size)
     micro = int(pcfg.get("micro_batch_size") or batch)
     if batch % micro:
@@ -209,7 +227,7 @@ def run_trial(cfg: DictConfig, rd: RunDir, out: Path, weights: Mapping[Union[int
     tokens = steps * batch * seq_len
     fpt = train_flops_per_token(model.config, seq_len)
     metrics = {**result, "final_train_loss": history[-1]["loss"], "steps": steps, "tokens": tokens,
-               "params": count_params(model), "train_flops_per_token": fpt, "device": str(device),
+               "params": count_params(model), "train_flops_per_token": fpt, "device": str(device), "precision": precision,
                "threads": torch.get_num_threads() if device.type == "cpu" else None,
                "resumed_at_step": first or None, "train_seconds": round(train_s, 3),  # this attempt's
                "tokens_per_s": round((steps - first) * batch * seq_len / max(train_s, 1e-9), 1),

@@ -1,0 +1,205 @@
+"""Proxy-trial training throughput: a climb-hpc trial against a plain HF ``Trainer`` loop on the same model
+and the same data, side by side, with the model FLOP utilisation against this machine's measured peak.
+
+    python benchmarks/proxy_throughput.py [--proxy tiny] [--tokens 400000] [--threads 2] [--repeats 1]
+                                          [--corpus ../shared/data/corpus] [--run-dir runs/bench_proxy]
+
+* data:    the real corpus in ../shared/data/corpus (the built-in one if absent), ingested and tokenized
+           once into ``--run-dir`` with one cluster per source domain (clustering is not what is measured).
+* trial:   ``climb_hpc.proxy.train.run_trial`` on the uniform mixture: its own training seconds (model
+           built, data sampled, steps logged; the target evaluation after training is not counted).
+* Trainer: ``transformers.Trainer`` with the same model (same config and init), the same sequences (a
+           Dataset over the same sampler), batch, steps, AdamW, LR schedule and clipping; no saving, no
+           evaluation, logging every 50 steps.
+* peak:    the best of fp32 / bf16 ``torch.matmul`` at 2048^3 on the same threads: the MFU denominator.
+
+Both are run in fp32 and in bf16 (autocast; ``Trainer(bf16=True)``). The trial's default precision is
+``auto`` (bf16 where the hardware multiplies it natively), so the headline ratio is the trial's default
+against the Trainer's default. Goal: >= 1.5x. With a GPU, the same runs for ``--gpu-proxy`` (62m).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from climb_hpc.config import compose  # noqa: E402
+from climb_hpc.rundir import RunDir, read_json  # noqa: E402
+
+
+def prepare(run: Path, corpus: Path, overrides: list[str]):
+    """Ingest + tokenize once, with clusters = source domains (refine's output planted)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from climb_hpc.corpus import iter_doc_shards
+    from climb_hpc.pipeline import run_pipeline
+
+    data = [f"corpus.paths=[{corpus}]"] if corpus.exists() else []
+    base = [f"run_dir={run}", "progress=false", "cluster=debug", "pipeline.stages=[ingest,tokenize]", *data]
+    if not (run / "tokenize" / "summary.json").exists():
+        print(f"preparing {run} from {corpus if data else 'the built-in corpus'} (once)", flush=True)
+        run_pipeline(compose([*base, "until=ingest"]))
+        docs = [r for _, t in iter_doc_shards(RunDir(run), ["id", "source"]) for r in t.to_pylist()]
+        sources = sorted({d["source"] for d in docs})
+        (run / "refine").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"id": [d["id"] for d in docs],
+                                 "cluster": pa.array([sources.index(d["source"]) for d in docs], pa.int64())}),
+                       run / "refine" / "doc_clusters.parquet")
+        run_pipeline(compose(base))
+    return compose([*base, *overrides])
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 10) -> float:
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best
+
+
+def run_ours(cfg, run: Path, precision: str) -> dict:
+    from omegaconf import OmegaConf
+
+    from climb_hpc.corpus.tokenize import cluster_ids
+    from climb_hpc.proxy.train import run_trial
+
+    cfg = OmegaConf.merge(cfg, {"proxy": {"precision": precision}})
+    rd = RunDir(run)
+    out = run / "bench_trials" / f"ours_{precision}"
+    shutil.rmtree(out, ignore_errors=True)
+    m = run_trial(cfg, rd, out, {c: 1.0 for c in cluster_ids(rd)}, seed=0)
+    return {"tokens_per_s": m["tokens_per_s"], "final_loss": m["final_train_loss"], "precision": m["precision"],
+            "flops_per_token": m["train_flops_per_token"], "target": m["target"]["value"]}
+
+
+def run_trainer(cfg, run: Path, bf16: bool) -> dict:
+    from transformers import Trainer, TrainingArguments
+
+    from climb_hpc.corpus.tokenize import cluster_ids
+    from climb_hpc.proxy.model import build_model
+    from climb_hpc.proxy.sampler import MixtureSampler, training_streams
+    from climb_hpc.proxy.train import num_steps, pick_device
+
+    p = cfg.proxy
+    rd = RunDir(run)
+    summary = read_json(run / "tokenize" / "summary.json")
+    steps, batch, seq = num_steps(p), int(p.batch_size), int(p.seq_len)
+    clusters = cluster_ids(rd)
+    sampler = MixtureSampler(training_streams(rd, clusters, float(p.holdout_fraction)), {c: 1.0 for c in clusters},
+                             seq, steps * batch, seed=0)
+
+    class Sequences(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(sampler)
+
+        def __getitem__(self, i: int) -> dict:
+            w = torch.from_numpy(sampler.sequences(i, 1)[0, :-1])
+            return {"input_ids": w, "labels": w}  # HF shifts the labels inside the model
+
+    model = build_model(p.model, summary["vocab_size"], summary["eos_id"], seq, seed=0)
+    device = pick_device(p)
+    o = p.optim
+    w = float(o.warmup)
+    args = TrainingArguments(
+        output_dir=str(run / "bench_trials" / "hf_trainer"), per_device_train_batch_size=int(p.micro_batch_size or batch),
+        gradient_accumulation_steps=batch // int(p.micro_batch_size or batch), max_steps=steps,
+        learning_rate=float(o.lr), lr_scheduler_type="cosine", warmup_steps=int(round(w * steps)) if w < 1 else int(w),
+        weight_decay=float(o.weight_decay), adam_beta1=float(o.betas[0]), adam_beta2=float(o.betas[1]),
+        max_grad_norm=float(o.grad_clip), logging_steps=50, save_strategy="no", report_to=[], seed=0,
+        use_cpu=device.type == "cpu", bf16=bf16, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Sequences())
+    r = trainer.train()
+    return {"tokens_per_s": round(steps * batch * seq / r.metrics["train_runtime"], 1),
+            "final_loss": trainer.state.log_history[-2].get("loss") if len(trainer.state.log_history) > 1 else None,
+            "precision": "bf16" if bf16 else "fp32"}
+
+
+def bench(cfg, run: Path, device: torch.device, repeats: int) -> list[dict]:
+    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    print(f"measured matmul peak on {device} ({torch.get_num_threads()} threads): "
+          f"fp32 {peaks['fp32'] / 1e9:,.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.1f} GFLOP/s", flush=True)
+    rows: list[dict] = []
+    for name, fn in [("trial (auto)", lambda: run_ours(cfg, run, "auto")),
+                     ("trial fp32", lambda: run_ours(cfg, run, "fp32")),
+                     ("trial bf16", lambda: run_ours(cfg, run, "bf16")),
+                     ("HF Trainer fp32 (default)", lambda: run_trainer(cfg, run, False)),
+                     ("HF Trainer bf16", lambda: run_trainer(cfg, run, True))]:
+        results = [fn() for _ in range(repeats)]
+        tps = statistics.median(r["tokens_per_s"] for r in results)
+        rows.append({"name": name, **results[0], "tokens_per_s": tps})
+        print(f"  {name}: {tps:,.0f} tokens/s", flush=True)
+    from climb_hpc.proxy.model import llama_config, train_flops_per_token
+
+    summary = read_json(run / "tokenize" / "summary.json")
+    fpt = train_flops_per_token(llama_config(cfg.proxy.model, summary["vocab_size"], 0, cfg.proxy.seq_len),
+                                int(cfg.proxy.seq_len))
+    base = next(r for r in rows if r["name"].startswith("HF Trainer fp32"))["tokens_per_s"]
+    base16 = next(r for r in rows if r["name"] == "HF Trainer bf16")["tokens_per_s"]
+    print(f"\n{'run':28s} {'prec':>5s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s} {'vs Trainer fp32':>16s} "
+          f"{'vs Trainer bf16':>16s}")
+    for r in rows:
+        flops = r["tokens_per_s"] * fpt
+        print(f"{r['name']:28s} {r['precision']:>5s} {r['tokens_per_s']:10,.0f} {flops / 1e9:9,.1f} "
+              f"{flops / peaks[r['precision']]:6.1%} {r['tokens_per_s'] / base:15.2f}x {r['tokens_per_s'] / base16:15.2f}x")
+    ours = rows[0]["tokens_per_s"]
+    print(f"\nmodel FLOPs a token: {fpt / 1e6:.2f} M (6 x matmul params + attention, PaLM counting)")
+    print(f"proxy_throughput[{device.type}]: trial default ({rows[0]['precision']}) {ours:,.0f} tokens/s = "
+          f"{ours / base:.2f}x the HF Trainer default (fp32), {ours / base16:.2f}x Trainer bf16; "
+          f"MFU {ours * fpt / peaks[rows[0]['precision']]:.1%} of the measured {rows[0]['precision']} peak "
+          f"(goal >= 1.5x: {'met' if ours / base >= 1.5 else 'NOT met'})")
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--proxy", default="tiny")
+    ap.add_argument("--gpu-proxy", default="62m")
+    ap.add_argument("--tokens", type=int, default=400_000)
+    ap.add_argument("--gpu-tokens", type=int, default=20_000_000)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "corpus")
+    ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench_proxy")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(a.threads)
+    common = ["target.max_tokens=20000", "proxy.ckpt_every=1000000"]
+    cfg = prepare(a.run_dir, a.corpus, [f"proxy={a.proxy}", f"proxy.tokens={a.tokens}", f"proxy.cpus={a.threads}",
+                                        "proxy.gpus=0", *common])
+    print(f"CPU: proxy={a.proxy}, {a.tokens:,} tokens a run, {a.threads} threads, batch {cfg.proxy.batch_size} x "
+          f"{cfg.proxy.seq_len}", flush=True)
+    bench(cfg, a.run_dir, torch.device("cpu"), a.repeats)
+    if torch.cuda.is_available():
+        gcfg = prepare(a.run_dir, a.corpus, [f"proxy={a.gpu_proxy}", f"proxy.tokens={a.gpu_tokens}", *common])
+        print(f"\nGPU ({torch.cuda.get_device_name()}): proxy={a.gpu_proxy}, {a.gpu_tokens:,} tokens a run", flush=True)
+        bench(gcfg, a.run_dir, torch.device("cuda"), a.repeats)
+    else:
+        print("\nno GPU here: the 62m GPU figures need a machine with one")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
