@@ -21,7 +21,6 @@ against the Trainer's default. Goal: >= 1.5x. With a GPU, the same runs for ``--
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -41,10 +40,7 @@ from climb_hpc.rundir import RunDir, read_json  # noqa: E402
 
 def prepare(run: Path, corpus: Path, overrides: list[str]):
     """Ingest + tokenize once, with clusters = source domains (refine's output planted)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from climb_hpc.corpus import iter_doc_shards
+    from climb_hpc.clusters.labels import clusters_from_field
     from climb_hpc.pipeline import run_pipeline
 
     data = [f"corpus.paths=[{corpus}]"] if corpus.exists() else []
@@ -52,12 +48,7 @@ def prepare(run: Path, corpus: Path, overrides: list[str]):
     if not (run / "tokenize" / "summary.json").exists():
         print(f"preparing {run} from {corpus if data else 'the built-in corpus'} (once)", flush=True)
         run_pipeline(compose([*base, "until=ingest"]))
-        docs = [r for _, t in iter_doc_shards(RunDir(run), ["id", "source"]) for r in t.to_pylist()]
-        sources = sorted({d["source"] for d in docs})
-        (run / "refine").mkdir(exist_ok=True)
-        pq.write_table(pa.table({"id": [d["id"] for d in docs],
-                                 "cluster": pa.array([sources.index(d["source"]) for d in docs], pa.int64())}),
-                       run / "refine" / "doc_clusters.parquet")
+        clusters_from_field(RunDir(run), "source")
         run_pipeline(compose(base))
     return compose([*base, *overrides])
 

@@ -86,6 +86,8 @@ REGISTRY: dict[str, str] = {
     "assign": "climb_hpc.clusters.assign:STAGE",
     "refine": "climb_hpc.clusters.refine:STAGE",
     "tokenize": "climb_hpc.corpus.tokenize:STAGE",
+    "search": "climb_hpc.search.stage:STAGE",
+    "mix": "climb_hpc.search.mix:STAGE",
     # diagnostics that prove a cluster setup end to end (climb_hpc/selftest.py)
     "noop": "climb_hpc.selftest:NOOP",
     "counter": "climb_hpc.selftest:COUNTER",

@@ -43,3 +43,38 @@ def make_cfg(run_dir: Path, *overrides: str):
 
 
 SLURM = ("cluster=slurm", "cluster.poll_s=0.5")
+
+
+#: The built-in corpus at 40 docs a domain, tokenized with a 600-token BPE (tests/test_proxy.py, test_search.py)
+TOKENIZED = ("corpus.builtin.docs_per_domain=40", "tokenize.vocab_size=600", "tokenize.batch_size=16")
+#: A 2-layer, 64-wide Llama proxy: a step is ~30 ms on one thread
+SMALL_PROXY = ("proxy.model.hidden_size=64", "proxy.model.intermediate_size=128", "proxy.model.num_hidden_layers=2",
+               "proxy.model.num_attention_heads=2", "proxy.model.num_key_value_heads=1", "proxy.model.head_dim=32",
+               "proxy.seq_len=128", "proxy.batch_size=8", "proxy.cpus=1", "proxy.holdout_fraction=0.1",
+               "proxy.optim.warmup=10", "target.max_tokens=20000")
+
+
+def tokenized_run(run: Path) -> Path:
+    """Ingest + tokenize the small built-in corpus with clusters planted from the true domains (7 clusters):
+    refine's output is written by hand, so no embedding or clustering is needed."""
+    from climb_hpc.clusters.labels import clusters_from_field
+    from climb_hpc.pipeline import run_pipeline
+    from climb_hpc.rundir import RunDir
+
+    stages = "pipeline.stages=[ingest,tokenize]"
+    run_pipeline(make_cfg(run, "cluster=debug", *TOKENIZED, stages, "until=ingest"))
+    clusters_from_field(RunDir(run), "source")
+    run_pipeline(make_cfg(run, "cluster=debug", *TOKENIZED, stages))
+    return run
+
+
+def clone_run(src: Path, dst: Path, *overrides: str):
+    """A copy of a tokenized run whose saved config carries these (proxy, target, search...) settings."""
+    import shutil
+
+    from climb_hpc.rundir import RunDir
+
+    shutil.copytree(src, dst)
+    cfg = make_cfg(dst, *TOKENIZED, *SMALL_PROXY, *overrides)
+    RunDir(dst).save_config(cfg)
+    return cfg

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from climb_hpc.corpus import iter_doc_shards
 from climb_hpc.corpus.tokenize import cluster_ids, load_cluster, tokenizer_dir
 from climb_hpc.corpus.tokenizer import load_fast
-from climb_hpc.pipeline import open_run, run_pipeline
+from climb_hpc.pipeline import open_run
 from climb_hpc.proxy import run_mixtures
 from climb_hpc.proxy.sampler import ClusterStream, MixtureSampler, exact_counts, heldout_mask, training_streams
 from climb_hpc.proxy.stage import group_dir, trial_dir
@@ -33,14 +30,8 @@ from climb_hpc.proxy.targets import TargetError, choice_logprobs, mc_accuracy, r
 from climb_hpc.proxy.train import lr_at, run_trial
 from climb_hpc.rundir import RunDir, read_json
 from climb_hpc.scheduler import make_executor
-from tests.conftest import SLURM, make_cfg
+from tests.conftest import SLURM, SMALL_PROXY, clone_run, make_cfg, tokenized_run
 
-DATA = ("corpus.builtin.docs_per_domain=40", "pipeline.stages=[ingest,tokenize]", "tokenize.vocab_size=600",
-        "tokenize.batch_size=16")
-SMALL_PROXY = ("proxy.model.hidden_size=64", "proxy.model.intermediate_size=128", "proxy.model.num_hidden_layers=2",
-               "proxy.model.num_attention_heads=2", "proxy.model.num_key_value_heads=1", "proxy.model.head_dim=32",
-               "proxy.seq_len=128", "proxy.batch_size=8", "proxy.cpus=1", "proxy.holdout_fraction=0.1",
-               "proxy.optim.warmup=10", "target.max_tokens=20000")
 UNIFORM = {c: 1.0 for c in range(7)}
 
 
@@ -117,24 +108,11 @@ def test_lr_schedules():
 
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("proxy") / "run"
-    run_pipeline(make_cfg(run, "cluster=debug", *DATA, "until=ingest"))
-    docs = [r for _, t in iter_doc_shards(RunDir(run), ["id", "source"]) for r in t.to_pylist()]
-    sources = sorted({d["source"] for d in docs})
-    (run / "refine").mkdir()
-    pq.write_table(pa.table({"id": [d["id"] for d in docs],
-                             "cluster": pa.array([sources.index(d["source"]) for d in docs], pa.int64())}),
-                   run / "refine" / "doc_clusters.parquet")
-    run_pipeline(make_cfg(run, "cluster=debug", *DATA))
-    return run
+    return tokenized_run(tmp_path_factory.mktemp("proxy") / "run")
 
 
 def clone(src: Path, dst: Path, *overrides: str):
-    """A copy of the tokenized run whose saved config carries these proxy/target settings."""
-    shutil.copytree(src, dst)
-    cfg = make_cfg(dst, *DATA, *SMALL_PROXY, *overrides)
-    RunDir(dst).save_config(cfg)
-    return cfg
+    return clone_run(src, dst, *overrides)
 
 
 def run_group(cfg, group: str, mixtures: list[dict]) -> list[dict]:

@@ -218,12 +218,13 @@ def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clu
              autocast: Any = contextlib.nullcontext) -> dict[str, Any]:
     """``{"target": {kind, value, direction}, ...details}`` for ``cfg.target``.
 
-    Every trial also records the held-out loss of each cluster (``heldout_loss``): cheap, and what a
-    report or a later predictor can use whatever the target."""
+    Unless ``target.cluster_losses`` is false, a trial also records the held-out loss of each cluster
+    (``heldout_loss``; ``max_tokens / clusters`` tokens each), whatever the target: what a report or a
+    later predictor can use."""
     kind = check_target(tcfg)
     bs, max_tokens = int(tcfg.get("batch_size", 16)), int(tcfg.get("max_tokens", 200000))
     per = {}
-    if holdout > 0:
+    if holdout > 0 and (kind == "heldout" or tcfg.get("cluster_losses", True)):
         streams = heldout_streams(rd, clusters, holdout, max(2, max_tokens // max(1, len(clusters))), eos_id)
         per = {c: packed_loss(model, s, seq_len, bs, device, autocast) for c, s in streams.items()}
     out: dict[str, Any] = {"heldout_loss": {str(c): round(v["loss"], 6) for c, v in per.items()}}

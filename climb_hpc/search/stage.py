@@ -1,0 +1,173 @@
+"""Stage ``search``: the CLIMB mixture search (or a baseline) over the final clusters.
+
+A driver stage: it runs in the controller and hands each round's batch of mixtures to
+``climb_hpc.proxy.run_mixtures`` as one job array (group ``<strategy>_r<k>``). The candidate pool is
+drawn once from the seed (Dirichlet around the clusters' token shares, ``search.sampler``), and the
+strategy (``search.strategy``: climb | regmix | random, ``climb_hpc/search/strategies.py``) picks
+from it. Every choice depends only on the seed and the measured values, so a preempted or killed
+search resumes by replaying: finished rounds answer at once from their groups' results, the round in
+flight re-attaches to its array, and tried configurations are never run again.
+
+Outputs under ``search/``: ``pool.npy`` (the candidates), ``result.json`` (every trial: round,
+weights, measured and predicted value; each round's predictor report with its held-out Spearman; the
+best measured mixture; the predictor's pick; the reference mixtures), ``predictor.txt`` (the predictor
+refit on every measured trial, for later use); the plots go to ``report/`` (final weights, predicted vs
+measured per round, a 2-D map of the tried mixtures).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from climb_hpc.config import ConfigError, section
+from climb_hpc.rundir import atomic_write_json, read_json
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from climb_hpc.rundir import RunDir
+    from climb_hpc.scheduler.base import Executor
+
+NAME = "search"
+
+
+def _s(cfg: DictConfig) -> DictConfig:
+    return section(cfg, "search")
+
+
+def _plain(x: Any) -> Any:
+    return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) or OmegaConf.is_list(x) else x
+
+
+def token_shares(rd: RunDir, clusters: list[int]) -> np.ndarray:
+    """Each cluster's share of the tokenized corpus: the centre of the candidate sampler."""
+    from climb_hpc.corpus.tokenize import summary_path
+
+    per = read_json(summary_path(rd))["clusters"]
+    t = np.array([per[str(c)]["tokens"] for c in clusters], dtype=np.float64)
+    return t / t.sum()
+
+
+def candidate_pool(cfg: DictConfig, rd: RunDir, clusters: list[int]) -> np.ndarray:
+    from climb_hpc.search.candidates import sample_candidates
+
+    s = _s(cfg)
+    rng = np.random.default_rng([_seed(cfg), zlib.crc32(b"search-pool")])
+    return sample_candidates(token_shares(rd, clusters), int(s.pool_size), rng, **(_plain(s.get("sampler")) or {}))
+
+
+def _seed(cfg: DictConfig) -> int:
+    seed = _s(cfg).get("seed")
+    return int(cfg.seed if seed is None else seed)
+
+
+def _mixture(clusters: list[int], w: np.ndarray) -> dict[int, float]:
+    return {c: float(x) for c, x in zip(clusters, w, strict=True)}
+
+
+def references(cfg: DictConfig, rd: RunDir, clusters: list[int]) -> dict[str, dict[int, float]]:
+    """The reference mixtures measured next to the search (outside its budget)."""
+    known = {"uniform": np.full(len(clusters), 1 / len(clusters)), "natural": token_shares(rd, clusters)}
+    names = list(_plain(_s(cfg).get("references")) or [])
+    bad = sorted(set(names) - set(known))
+    if bad:
+        raise ConfigError(f"search.references {bad}: choose among {sorted(known)}")
+    return {n: _mixture(clusters, known[n]) for n in names}
+
+
+def drive(cfg: DictConfig, rd: RunDir, executor: Executor) -> None:
+    from climb_hpc.corpus.tokenize import cluster_ids
+    from climb_hpc.proxy import run_mixtures
+    from climb_hpc.proxy.targets import DIRECTION, check_target
+    from climb_hpc.search.strategies import STRATEGIES
+
+    s = _s(cfg)
+    strategy = str(s.strategy)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"search.strategy={strategy!r}: choose {', '.join(STRATEGIES)}")
+    direction = DIRECTION[check_target(cfg.target)]
+    clusters = cluster_ids(rd)
+    if len(clusters) < 2:
+        raise RuntimeError(f"search: {len(clusters)} cluster(s) with tokens; a mixture search needs at least 2")
+    pool = candidate_pool(cfg, rd, clusters)
+    out = rd.stage_dir(NAME)
+    np.save(out / "pool.npy", pool)
+    trials: list[dict[str, Any]] = []
+
+    def evaluate(indices: list[int]) -> list[float]:
+        r = 1 + len({t["round"] for t in trials})
+        group = f"{strategy}_r{r}"
+        rows = run_mixtures(cfg, rd, executor, group, [_mixture(clusters, pool[i]) for i in indices])
+        for i, row in zip(indices, rows, strict=True):
+            trials.append({"round": r, "group": group, "trial": row["trial"], "pool_index": int(i),
+                           "weights": row["weights"], "value": row["value"]})
+        return [float(row["value"]) for row in rows]
+
+    kwargs: dict[str, Any] = {"seed": _seed(cfg), "direction": direction}
+    if strategy in ("climb", "regmix"):
+        kwargs["predictor_kwargs"] = {**(_plain(s.get("predictor")) or {})}
+    if strategy == "climb":
+        kwargs["proportions"] = tuple(_plain(s.proportions))
+        if s.get("top_n") is not None:
+            kwargs["top_n"] = s.top_n
+    result = STRATEGIES[strategy](pool, evaluate, int(s.budget), **kwargs)
+
+    refs = references(cfg, rd, clusters)
+    ref_rows = run_mixtures(cfg, rd, executor, "references", list(refs.values())) if refs else []
+    _write_result(cfg, rd, strategy, direction, clusters, pool, trials, result, refs, ref_rows)
+
+
+def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, clusters: list[int], pool: np.ndarray,
+                  trials: list[dict[str, Any]], result: Any, refs: dict[str, Any], ref_rows: list[dict]) -> None:
+    from climb_hpc.search.predictor import Predictor
+
+    predicted = {rep.get("round"): rep.get("predicted") or [] for rep in result.reports}
+    for r in sorted({t["round"] for t in trials}):
+        for k, t in enumerate(t for t in trials if t["round"] == r):
+            t["predicted"] = predicted[r][k] if k < len(predicted.get(r, [])) else None
+    by_index = {t["pool_index"]: t for t in trials}
+    best = by_index[result.best_index] if result.best_index is not None else None
+    pick = by_index.get(result.predicted_best_index) if result.predicted_best_index is not None else None
+    ok = [t for t in trials if math.isfinite(t["value"])]
+    if len(ok) >= 2:
+        pred = Predictor(seed=_seed(cfg), **(_plain(_s(cfg).get("predictor")) or {}))
+        final_report = pred.fit(pool[[t["pool_index"] for t in ok]], np.array([t["value"] for t in ok]))
+        pred.save(rd.stage_dir(NAME) / "predictor.txt")
+    else:
+        final_report = None
+    doc = {
+        "strategy": strategy, "direction": direction, "target": _plain(cfg.target), "budget": int(_s(cfg).budget),
+        "clusters": clusters, "token_shares": token_shares(rd, clusters).tolist(), "pool_size": len(pool),
+        "trials": trials,
+        "rounds": [{"round": rep.get("round"), **{k: v for k, v in rep.items() if k not in ("round", "predicted")}}
+                   for rep in result.reports],
+        "best": best, "predicted_best": pick, "final_predictor": final_report,
+        "references": {n: {"weights": row["weights"], "value": row["value"]}
+                       for n, row in zip(refs, ref_rows, strict=True)},
+    }
+    atomic_write_json(rd.stage_dir(NAME) / "result.json", doc)
+    try:
+        from climb_hpc.report.search_plots import search_plots
+
+        search_plots(rd.path)
+    except Exception as e:  # plots are for people; a broken plot must not lose the search
+        print(f"search: plots failed ({type(e).__name__}: {e}); the result is in {rd.stage_dir(NAME)}", flush=True)
+    line = f"search ({strategy}, {len(trials)} trials): best measured {direction}-is-better target {best['value']:.5f}"
+    for n, r in doc["references"].items():
+        line += f"; {n} {r['value']:.5f}"
+    print(line, flush=True)
+
+
+def load_result(rd: RunDir) -> dict[str, Any]:
+    doc = read_json(rd.stage_dir(NAME) / "result.json")
+    if doc is None:
+        raise FileNotFoundError(f"{rd.stage_dir(NAME) / 'result.json'} is missing: the search has not finished")
+    return doc
+
+
+STAGE = Stage(name=NAME, run=lambda cfg, rd, task: None, num_tasks=lambda cfg, rd: 0,
+              resources=lambda cfg: Resources.from_config(cfg.proxy, time_min=60), drive=drive)
