@@ -49,7 +49,10 @@ def test_climb_search_rounds_bookkeeping_and_rerun_does_nothing(tokenized, tmp_p
     best = min(trials, key=lambda t: t["value"])
     assert r["direction"] == "lower" and r["best"] == best  # the best MEASURED one
     assert set(r["references"]) == {"uniform", "natural"}
-    assert (run / "search" / "predictor.txt").exists() and np.load(run / "search" / "pool.npy").shape == (300, 7)
+    assert all((run / "search" / f"predictor{k}.txt").exists() for k in ("", "_r2", "_r3"))  # each round's kept
+    assert all((run / "report" / f).exists() for f in ("final_weights.png", "predicted_vs_measured.png",
+                                                        "mixture_map.png"))
+    assert np.load(run / "search" / "pool.npy").shape == (300, 7)
     mixture = read_json(run / "mixture.json")
     assert mixture["source"] == "search" and mixture["weights"] == best["weights"]
     before = _metrics_mtimes(run)

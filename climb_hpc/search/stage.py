@@ -10,8 +10,9 @@ flight re-attaches to its array, and tried configurations are never run again.
 
 Outputs under ``search/``: ``pool.npy`` (the candidates), ``result.json`` (every trial: round,
 weights, measured and predicted value; each round's predictor report with its held-out Spearman; the
-best measured mixture; the predictor's pick; the reference mixtures), ``predictor.txt`` (the predictor
-refit on every measured trial, for later use); the plots go to ``report/`` (final weights, predicted vs
+best measured mixture; the predictor's pick; the reference mixtures), ``predictor_r<k>.txt`` (the predictor
+that chose round k, fit on ``value`` when lower is better, ``-value`` when higher), ``predictor.txt``
+(refit on every measured trial, for later use); the plots go to ``report/`` (final weights, predicted vs
 measured per round, a 2-D map of the tried mixtures).
 """
 
@@ -110,6 +111,7 @@ def drive(cfg: DictConfig, rd: RunDir, executor: Executor) -> None:
     kwargs: dict[str, Any] = {"seed": _seed(cfg), "direction": direction}
     if strategy in ("climb", "regmix"):
         kwargs["predictor_kwargs"] = {**(_plain(s.get("predictor")) or {})}
+        kwargs["on_fit"] = lambda r, pred: pred.save(out / f"predictor_r{r}.txt")
     if strategy == "climb":
         kwargs["proportions"] = tuple(_plain(s.proportions))
         if s.get("top_n") is not None:

@@ -20,6 +20,9 @@ import numpy as np
 from climb_hpc.search.predictor import Predictor
 
 Evaluate = Callable[[list[int]], Sequence[float]]
+#: called with (round, fitted predictor) each time a strategy fits one, e.g. to save it; the predictor
+#: regresses ``sign * value`` (lower is better: ``value``; higher is better: ``-value``)
+OnFit = Callable[[int, Predictor], None]
 
 # Tuned on benchmarks/search_replay.py (RegMix 1M data, seeds 100-119, disjoint from the reported 0-9):
 # exploiting hard (top 5% of the untried pool) beat 10-20%; 3-5% or a fixed 14 were on par.
@@ -72,6 +75,7 @@ def climb(
     proportions: Sequence[float] = (4, 2, 1),
     top_n: int | float | None = None,
     predictor_kwargs: dict[str, Any] | None = None,
+    on_fit: OnFit | None = None,
 ) -> SearchResult:
     """CLIMB: a random first round, then rounds drawn at random from the predictor's top ``top_n`` untried.
 
@@ -90,7 +94,7 @@ def climb(
         if r == 1:
             picks, report = [int(i) for i in rng.choice(untried, size=m, replace=False)], {"round": 1}
         else:
-            pred, report = _fit(pool, res, sign, seed, r, kwargs)
+            pred, report = _fit(pool, res, sign, seed, r, kwargs, on_fit)
             ranked = _rank(pred, pool, untried, sign, rng)
             n_top = min(len(ranked), max(m, _resolve_top_n(top_n, len(ranked))))
             top = ranked[:n_top]
@@ -106,7 +110,7 @@ def climb(
 
 
 def regmix(pool: np.ndarray, evaluate: Evaluate, budget: int, *, seed: int = 0, direction: str = "lower",
-           predictor_kwargs: dict[str, Any] | None = None) -> SearchResult:
+           predictor_kwargs: dict[str, Any] | None = None, on_fit: OnFit | None = None) -> SearchResult:
     """RegMix: ``budget - 1`` random mixtures, one fit, then measure the predicted best untried candidate."""
     pool, sign = _check(pool, budget, direction)
     rng = np.random.default_rng(seed)
@@ -115,7 +119,7 @@ def regmix(pool: np.ndarray, evaluate: Evaluate, budget: int, *, seed: int = 0, 
     if first:
         _run_round(res, evaluate, first, 1, {"round": 1})
     if budget >= 1 and sum(math.isfinite(v) for v in res.values) >= 2:
-        pred, report = _fit(pool, res, sign, seed, 2, predictor_kwargs or {})
+        pred, report = _fit(pool, res, sign, seed, 2, predictor_kwargs or {}, on_fit)
         best = int(_rank(pred, pool, _untried(pool, res), sign, rng)[0])
         report.update(round=2, predicted=[float(pred.predict(pool[[best]])[0])])
         res.predicted_best_index = best
@@ -172,12 +176,14 @@ def _resolve_top_n(top_n: int | float, n_untried: int) -> int:
 
 
 def _fit(pool: np.ndarray, res: SearchResult, sign: float, seed: int, r: int,
-         kwargs: dict[str, Any]) -> tuple[_SignedPredictor, dict[str, Any]]:
+         kwargs: dict[str, Any], on_fit: OnFit | None = None) -> tuple[_SignedPredictor, dict[str, Any]]:
     """Fit a predictor on the finite measurements so far, on ``sign * value`` (lower is better)."""
     idx = [i for i, v in zip(res.indices, res.values, strict=True) if math.isfinite(v)]
     y = np.array([sign * v for v in res.values if math.isfinite(v)])
     pred = Predictor(**{"seed": seed * 1000 + r, **kwargs})
     report = pred.fit(pool[idx], y)
+    if on_fit is not None:
+        on_fit(r, pred)
     return _SignedPredictor(pred, sign), report
 
 
