@@ -88,6 +88,8 @@ REGISTRY: dict[str, str] = {
     "tokenize": "climb_hpc.corpus.tokenize:STAGE",
     "search": "climb_hpc.search.stage:STAGE",
     "mix": "climb_hpc.search.mix:STAGE",
+    "correct": "climb_hpc.minitron.correct:STAGE",
+    "distill": "climb_hpc.minitron.distill:STAGE",
     # diagnostics that prove a cluster setup end to end (climb_hpc/selftest.py)
     "noop": "climb_hpc.selftest:NOOP",
     "counter": "climb_hpc.selftest:COUNTER",

@@ -4,7 +4,12 @@
 and writes the completion marker last (rank 0 only). A failure is recorded in the run folder with
 its traceback, so `climb-hpc status` can show it whatever the executor.
 
-Run as a program by the local executor:  python -m climb_hpc.task RUN_DIR STAGE TASK
+Run as a program by the local executor, or by hand under srun (slurm/distill_32n.sbatch):
+
+    python -m climb_hpc.task RUN_DIR STAGE TASK
+
+Under an srun of several tasks it takes the ranks from Slurm's environment; after saving on a
+preemption signal it exits 75, which the sbatch script turns into a requeue.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = 
 def main(argv: list[str]) -> int:
     run_dir, stage_name, task = argv[0], argv[1], int(argv[2])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
+        from climb_hpc.scheduler.distributed import slurm_env  # a hand launch: srun ... -m climb_hpc.task
+
+        os.environ.update(slurm_env())
     preempt.install_handler()
     try:
         execute(run_dir, stage_name, task, log_path=os.environ.get("CLIMB_HPC_TASK_LOG"))

@@ -78,3 +78,15 @@ def clone_run(src: Path, dst: Path, *overrides: str):
     cfg = make_cfg(dst, *TOKENIZED, *SMALL_PROXY, *overrides)
     RunDir(dst).save_config(cfg)
     return cfg
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 240) -> None:
+    """Block until the file has ``n`` lines (a training log reaching a step), or raise."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{path} never reached {n} lines")

@@ -12,7 +12,6 @@ import hashlib
 import json
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from climb_hpc.proxy.targets import TargetError, choice_logprobs, mc_accuracy, r
 from climb_hpc.proxy.train import lr_at, run_trial
 from climb_hpc.rundir import RunDir, read_json
 from climb_hpc.scheduler import make_executor
-from tests.conftest import SLURM, SMALL_PROXY, clone_run, make_cfg, tokenized_run
+from tests.conftest import SLURM, SMALL_PROXY, clone_run, make_cfg, tokenized_run, wait_for_lines
 
 UNIFORM = {c: 1.0 for c in range(7)}
 
@@ -230,15 +229,6 @@ def _weights_digest(model_dir: Path) -> str:
     return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
 
 
-def _wait_for_lines(path: Path, n: int, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{path} never reached {n} lines")
-
-
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm")
 def test_round_is_one_array_and_requeued_trials_end_bit_identical(tokenized, tmp_path):
@@ -261,7 +251,7 @@ def test_round_is_one_array_and_requeued_trials_end_bit_identical(tokenized, tmp
     th = threading.Thread(target=lambda: box.update(r=run_group(cfg, "interrupted", mixtures)))
     th.start()
     for t in (0, 1):
-        _wait_for_lines(trial_dir(RunDir(cfg.run_dir), "interrupted", t) / "train_log.jsonl", 60)
+        wait_for_lines(trial_dir(RunDir(cfg.run_dir), "interrupted", t) / "train_log.jsonl", 60)
     jobs = {int(t): j for t, j in read_json(Path(cfg.run_dir) / "_jobs" / "proxy" / "interrupted.json").items()}
     subprocess.run(["scontrol", "requeue", jobs[0]], check=True)
     subprocess.run(["scancel", "--signal=USR2", jobs[1]], check=True)

@@ -1,0 +1,8 @@
+"""Minitron on plain HF Llama models: teacher correction and knowledge distillation on DeepSpeed ZeRO.
+
+    ds.py       DeepSpeed helpers: CPU workarounds, the ZeRO config, fp32 consolidation, the preemption vote
+    data.py     training windows (mixed dataset, a token store or JSONL) planned by the seed; a validation slice
+    engine.py   the training loop shared by both phases: checkpoint/resume, logs, the final HF checkpoint
+    correct.py  stage ``correct``: (pretrain a tiny teacher when none is given, then) fine-tune it on the mix
+    distill.py  stage ``distill``: KL(teacher || student) (+ LM, + hidden-state cosine) into the student
+"""

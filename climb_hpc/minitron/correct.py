@@ -1,0 +1,125 @@
+"""Stage ``correct``: teacher correction (Minitron): fine-tune the teacher on the distillation data.
+
+The teacher is an HF checkpoint (``minitron.teacher.path``), or, when that is null, a tiny Llama from
+``minitron.teacher.model`` first pretrained on every cluster's token store (natural proportions) for
+``teacher.pretrain_tokens`` -> ``<run>/teacher_base/``. That pretraining is its own checkpointed phase
+(``correct/pretrain/``), so a preemption during it resumes too. Correction then trains on the mixed
+dataset at the teacher's peak LR x ``correct.lr_scale`` (paper: peak / 5) with a short warmup::
+
+    <run>/teacher_base/          the pretrained tiny teacher (only when teacher.path is null)
+    <run>/teacher/               the corrected teacher (HF checkpoint + the run's tokenizer)
+    correct/pretrain/            the pretraining phase's train_log.jsonl, metrics.json (ckpt/ while running)
+    correct/train_log.jsonl      one line a step; correct/metrics.json (val loss before/after) written last
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from climb_hpc.config import section
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from climb_hpc.minitron.engine import Phase
+    from climb_hpc.rundir import RunDir
+
+NAME = "correct"
+
+
+def _m(cfg: DictConfig) -> DictConfig:
+    return section(cfg, "minitron")
+
+
+def seed_of(cfg: DictConfig) -> int:
+    s = _m(cfg).get("seed")
+    return int(cfg.seed if s is None else s)
+
+
+def plain(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)  # type: ignore
+
+
+def tokenizer_info(rd: RunDir) -> dict[str, Any]:
+    from climb_hpc.corpus.tokenize import summary_path
+    from climb_hpc.rundir import read_json
+
+    s = read_json(summary_path(rd))
+    if s is None:
+        raise FileNotFoundError(f"{summary_path(rd)} is missing: run the tokenize stage first")
+    return s
+
+
+def load_hf(path: str | Path) -> Any:
+    """An HF causal LM from a local folder, fp32, SDPA attention, no KV cache."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p} is not an HF checkpoint (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32, attn_implementation="sdpa",
+                                                 local_files_only=True)
+    model.config.use_cache = False
+    return model
+
+
+def pretrain_phase(cfg: DictConfig, rd: RunDir) -> Phase:
+    """The tiny teacher's pretraining on all clusters -> <run>/teacher_base/."""
+    from climb_hpc.corpus.tokenize import tokenizer_dir
+    from climb_hpc.minitron.data import cluster_data
+    from climb_hpc.minitron.engine import LMObjective, Phase, phase_seed
+    from climb_hpc.proxy.model import build_model
+
+    m, s = _m(cfg), plain(_m(cfg).correct)
+    t = m.teacher
+    sec = {**s, "tokens": int(t.pretrain_tokens), "lr": float(t.pretrain_lr), "warmup": t.pretrain_warmup}
+    info = tokenizer_info(rd)
+    seed = phase_seed(seed_of(cfg), "teacher-pretrain")
+    holdout = float(t.get("holdout_fraction") if t.get("holdout_fraction") is not None else cfg.proxy.holdout_fraction)
+    seq_len = int(s["seq_len"])
+    return Phase(
+        name="teacher-pretrain", section=sec, work=rd.stage_dir(NAME) / "pretrain", model_dir=rd.path / "teacher_base",
+        build=lambda: build_model(t.model, info["vocab_size"], info["eos_id"], seq_len, seed),
+        data=lambda n: cluster_data(rd, seq_len, n, seed, holdout, int(s["val_tokens"])),
+        objective=LMObjective(), seed=seed, tokenizer_dir=tokenizer_dir(rd),
+        info={"teacher_config": plain(t.model)})
+
+
+def correct_phase(cfg: DictConfig, rd: RunDir, teacher: Path) -> Phase:
+    from climb_hpc.corpus.tokenize import tokenizer_dir
+    from climb_hpc.minitron.data import flat_data
+    from climb_hpc.minitron.engine import LMObjective, Phase, phase_seed
+
+    m, s = _m(cfg), plain(_m(cfg).correct)
+    peak = float(s["lr"] if s.get("lr") is not None else m.teacher.pretrain_lr)
+    scale = float(s.get("lr_scale", 0.2))
+    seed = phase_seed(seed_of(cfg), NAME)
+    return Phase(
+        name=NAME, section={**s, "lr": peak * scale}, work=rd.stage_dir(NAME), model_dir=rd.path / "teacher",
+        build=lambda: load_hf(teacher),
+        data=lambda n: flat_data(rd, s.get("data"), int(s["seq_len"]), n, seed, int(s["val_tokens"]),
+                                 str(s.get("text_field", "text"))),
+        objective=LMObjective(), seed=seed, tokenizer_dir=tokenizer_dir(rd),
+        info={"teacher": str(teacher), "teacher_peak_lr": peak, "lr_scale": scale})
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    from climb_hpc.minitron import ds
+    from climb_hpc.minitron.engine import run_phase
+    from climb_hpc.proxy.train import torch_threads
+
+    m = _m(cfg)
+    s = m.correct
+    with ds.distributed(s), torch_threads(int(s.get("cpus") or 1)):
+        teacher = m.teacher.get("path")
+        if not teacher:
+            run_phase(pretrain_phase(cfg, rd))
+            teacher = rd.path / "teacher_base"
+        run_phase(correct_phase(cfg, rd, Path(teacher)))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1,
+              resources=lambda cfg: Resources.from_config(_m(cfg).correct, time_min=120), checkpointable=True)

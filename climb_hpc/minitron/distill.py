@@ -1,0 +1,171 @@
+"""Stage ``distill``: knowledge distillation of the (pruned) student from the corrected teacher.
+
+Loss a token: forward KL(teacher || student) on logits / T, times T^2, averaged over tokens;
++ ``lm_weight`` x next-token cross-entropy; + ``hidden_weight`` x (1 - cosine) between the teacher's
+last hidden state and a learned linear projection of the student's (trained with the student, never
+saved into its HF checkpoint). The teacher is frozen and in eval mode: a full copy on every rank, or
+sharded as a ZeRO-3 engine without optimizer (``teacher_zero3``)::
+
+    <run>/student/               the distilled student (HF checkpoint + the run's tokenizer)
+    distill/train_log.jsonl      one line a step (loss, kl, lm, hidden, lr ...)
+    distill/metrics.json         val KL and LM loss before/after, world size, hosts ... (written last)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from climb_hpc.minitron.correct import _m, load_hf, plain, seed_of, tokenizer_info
+from climb_hpc.minitron.engine import Forward, lm_loss
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from climb_hpc.minitron.engine import Phase
+    from climb_hpc.rundir import RunDir
+
+NAME = "distill"
+
+
+def kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) per token (mean over every position), scaled by T^2."""
+    t = float(temperature)
+    s = F.log_softmax(s_logits.float() / t, dim=-1).flatten(0, -2)
+    p = F.log_softmax(t_logits.float() / t, dim=-1).flatten(0, -2)
+    return F.kl_div(s, p, log_target=True, reduction="batchmean") * (t * t)
+
+
+class DistillObjective:
+    def __init__(self, teacher: Any, temperature: float, lm_weight: float, hidden_weight: float, teacher_hidden: int):
+        self.teacher, self.t = teacher, float(temperature)
+        self.lm_weight, self.hidden_weight = float(lm_weight), float(hidden_weight)
+        self.proj_to: Optional[int] = int(teacher_hidden) if self.hidden_weight > 0 else None
+
+    def _terms(self, fwd: Forward, seqs: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = seqs[:, :-1]
+        with torch.no_grad():
+            out = self.teacher(input_ids=x, output_hidden_states=self.proj_to is not None)
+        s_logits, s_proj = fwd(x)
+        terms = {"kl": kl_loss(s_logits, out.logits, self.t), "lm": lm_loss(s_logits, seqs)}
+        if s_proj is not None:
+            cos = F.cosine_similarity(s_proj.float(), out.hidden_states[-1].float(), dim=-1)
+            terms["hidden"] = 1.0 - cos.mean()
+        return terms
+
+    def loss(self, fwd: Forward, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self._terms(fwd, seqs)
+        loss = terms["kl"]
+        if self.lm_weight:
+            loss = loss + self.lm_weight * terms["lm"]
+        if "hidden" in terms:
+            loss = loss + self.hidden_weight * terms["hidden"]
+        return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+    def evaluate(self, fwd: Forward, seqs: torch.Tensor) -> dict[str, tuple[float, float]]:
+        n = float(seqs[:, 1:].numel())
+        return {k: (float(v) * n, n) for k, v in self._terms(fwd, seqs).items()}
+
+
+def teacher_path(cfg: DictConfig, rd: RunDir) -> Path:
+    given = _m(cfg).distill.get("teacher")
+    p = Path(given) if given else rd.path / "teacher"
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"distill: no teacher at {p}: run the correct stage or set minitron.distill.teacher")
+    return p
+
+
+def student_source(cfg: DictConfig, rd: RunDir) -> tuple[str, Any]:
+    """("path", folder) of an HF student, or ("config", dims) when the default folder is missing and
+    ``student_config`` is set (tests, and runs before the prune stage exists)."""
+    d = _m(cfg).distill
+    if d.get("student"):
+        p = Path(d.student)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"minitron.distill.student={p} is not an HF checkpoint")
+        return "path", p
+    p = rd.path / "student_pruned"
+    if (p / "config.json").is_file():
+        return "path", p
+    if d.get("student_config"):
+        return "config", d.student_config
+    raise FileNotFoundError(f"distill: no student: {p} is missing (run the prune stage), or set "
+                            "minitron.distill.student to an HF checkpoint or minitron.distill.student_config")
+
+
+def load_teacher(path: Path, s: dict[str, Any]) -> Any:
+    """The frozen teacher in eval mode: a plain module, or a ZeRO-3 engine without optimizer."""
+    from climb_hpc.minitron import ds
+
+    teacher = load_hf(path)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    if s.get("teacher_zero3"):
+        import deepspeed
+
+        teacher, *_ = deepspeed.initialize(model=teacher, config=ds.inference_config(s))
+        teacher.eval()
+    elif ds.on_gpu(s):
+        teacher = teacher.to(torch.device("cuda", torch.cuda.current_device()),
+                             dtype=torch.bfloat16 if ds.use_bf16(s) else torch.float32)
+    return teacher
+
+
+def distill_phase(cfg: DictConfig, rd: RunDir) -> Phase:
+    from climb_hpc.corpus.tokenize import tokenizer_dir
+    from climb_hpc.minitron.data import flat_data
+    from climb_hpc.minitron.engine import Phase, phase_seed
+    from climb_hpc.proxy.model import build_model
+
+    s = plain(_m(cfg).distill)
+    seed = phase_seed(seed_of(cfg), NAME)
+    tpath = teacher_path(cfg, rd)
+    teacher = load_teacher(tpath, s)
+    tconfig = teacher.module.config if hasattr(teacher, "module") else teacher.config
+    kind, where = student_source(cfg, rd)
+    if kind == "path":
+        def build() -> Any:
+            return load_hf(where)
+    else:
+        info = tokenizer_info(rd)
+
+        def build() -> Any:
+            return build_model(where, info["vocab_size"], info["eos_id"], int(s["seq_len"]), seed)
+
+    objective = DistillObjective(teacher, float(s.get("temperature", 1.0)), float(s.get("lm_weight", 0.0)),
+                                 float(s.get("hidden_weight", 0.0)), int(tconfig.hidden_size))
+
+    def checked() -> Any:
+        student = build()
+        if student.config.vocab_size != tconfig.vocab_size:
+            raise ValueError(f"student vocabulary {student.config.vocab_size} != teacher's {tconfig.vocab_size}")
+        return student
+
+    return Phase(
+        name=NAME, section=s, work=rd.stage_dir(NAME), model_dir=rd.path / "student", build=checked,
+        data=lambda n: flat_data(rd, s.get("data"), int(s["seq_len"]), n, seed, int(s["val_tokens"]),
+                                 str(s.get("text_field", "text"))),
+        objective=objective, seed=seed, tokenizer_dir=tokenizer_dir(rd),
+        info={"teacher": str(tpath), "student": str(where) if kind == "path" else "student_config",
+              "temperature": objective.t, "lm_weight": objective.lm_weight, "hidden_weight": objective.hidden_weight,
+              "teacher_zero3": bool(s.get("teacher_zero3"))})
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    from climb_hpc.minitron import ds
+    from climb_hpc.minitron.engine import run_phase
+    from climb_hpc.proxy.train import torch_threads
+    from climb_hpc.rundir import read_json
+
+    s = _m(cfg).distill
+    if read_json(rd.stage_dir(NAME) / "metrics.json") is not None and (rd.path / "student").exists():
+        return
+    with ds.distributed(s), torch_threads(int(s.get("cpus") or 1)):
+        run_phase(distill_phase(cfg, rd))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1,
+              resources=lambda cfg: Resources.from_config(_m(cfg).distill, time_min=120), checkpointable=True)

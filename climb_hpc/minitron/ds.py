@@ -1,0 +1,189 @@
+"""DeepSpeed helpers: the CPU workarounds, the ZeRO config from our config, fp32 consolidation, and
+the cross-rank preemption vote.
+
+On CPU DeepSpeed trains with gloo, but three traps need handling first (dep-probe NOTES §2):
+``init_distributed`` JIT-compiles a shared-memory comm op (needs g++, +30 s), FusedAdam/CPUAdam are
+JIT-compiled too (we pass a client ``torch.optim.AdamW``), and a single process without a launcher
+needs the rendezvous variables set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+_RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def on_gpu(section: Mapping[str, Any]) -> bool:
+    return int(section.get("gpus") or 0) > 0 and torch.cuda.is_available()
+
+
+def prepare() -> dict[str, str]:
+    """Patch the CPU shm op build away and give a launcher-less process rank 0 of 1.
+
+    Returns the environment variables it set (``distributed`` removes them again)."""
+    importlib.import_module("deepspeed.comm.torch")
+    if not torch.cuda.is_available():
+        # `import deepspeed.comm.torch as m` would bind the real torch (deepspeed.comm re-exports it)
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    added: dict[str, str] = {}
+    if "RANK" not in os.environ:
+        from climb_hpc.scheduler.distributed import free_port, local_env
+
+        added = {k: v for k, v in local_env(0, 1, free_port()).items() if k in _RENDEZVOUS}
+        os.environ.update(added)
+    return added
+
+
+@contextlib.contextmanager
+def distributed(section: Mapping[str, Any]) -> Iterator[None]:
+    """An initialised process group for the body (gloo on CPU, NCCL on GPU).
+
+    The group is kept for the life of the process, never destroyed: DeepSpeed caches its groups, so
+    a second phase in the same process (teacher pretraining then correction; the in-process debug
+    executor) must find the same one. Rendezvous variables this call invented are removed afterwards,
+    so that child processes do not inherit them."""
+    import deepspeed
+    import torch.distributed as dist
+
+    added = prepare()
+    if on_gpu(section):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu(section) else "gloo", verbose=False)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def use_bf16(section: Mapping[str, Any]) -> bool:
+    """``precision``: auto = bf16 on a GPU that has it, fp32 on CPU; or fp32 / bf16 explicitly."""
+    p = str(section.get("precision", "auto"))
+    if p not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={p!r}: choose auto, fp32 or bf16")
+    if p == "auto":
+        return on_gpu(section) and torch.cuda.is_bf16_supported()
+    return p == "bf16"
+
+
+def grad_accumulation(section: Mapping[str, Any], world: int) -> int:
+    micro, glob = int(section["micro_batch_size"]), int(section["global_batch_size"])
+    if glob % (micro * world):
+        raise ValueError(f"global_batch_size={glob} is not a multiple of micro_batch_size={micro} x "
+                         f"world size {world}")
+    return glob // (micro * world)
+
+
+def ds_config(section: Mapping[str, Any], world: int, client_optimizer: bool = True) -> dict[str, Any]:
+    """The DeepSpeed config of a phase: ZeRO stage, batch sizes, clipping, precision.
+
+    With ``client_optimizer`` (the default) the caller passes a ``torch.optim.AdamW``; otherwise the
+    config names AdamW, with ``torch_adam`` on CPU (DeepSpeed's FusedAdam would JIT-compile a C++ op)."""
+    stage = int(section.get("zero_stage", 2))
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage={stage}: choose 0, 1, 2 or 3")
+    zero: dict[str, Any] = {"stage": stage}
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = int(section.get("zero3_persistence_threshold", 100000))
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    bf16 = use_bf16(section)
+    cfg: dict[str, Any] = {
+        "train_batch_size": int(section["global_batch_size"]),
+        "train_micro_batch_size_per_gpu": int(section["micro_batch_size"]),
+        "gradient_accumulation_steps": grad_accumulation(section, world),
+        "gradient_clipping": float(section.get("grad_clip", 1.0) or 0.0),
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+    if not client_optimizer:
+        cfg["optimizer"] = {"type": "AdamW", "params": {
+            "lr": float(section["lr"]), "betas": list(section.get("betas", (0.9, 0.95))),
+            "eps": float(section.get("eps", 1e-8)), "weight_decay": float(section.get("weight_decay", 0.0)),
+            "torch_adam": not on_gpu(section)}}
+    return cfg
+
+
+def inference_config(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A ZeRO-3 engine with no optimizer: a frozen model sharded across ranks (the distillation teacher)."""
+    return {"train_micro_batch_size_per_gpu": int(section["micro_batch_size"]),
+            "bf16": {"enabled": use_bf16(section)}, "fp16": {"enabled": False},
+            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold":
+                                  int(section.get("zero3_persistence_threshold", 100000))},
+            "steps_per_print": 2**62}
+
+
+def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of ``engine.module`` on rank 0 (empty elsewhere), for ZeRO 0-3.
+
+    Collective: every rank must call it. fp32 master weights come from the optimizer's partitions
+    (``safe_get_full_fp32_param``), else from the (gathered) parameters themselves. Tied parameters
+    map to one tensor under each of their names, as ``module.state_dict()`` has them."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = engine.module
+    zero3 = engine.zero_optimization_stage() == 3
+    full: dict[int, torch.Tensor] = {}
+    for _, p in module.named_parameters():
+        has_master = hasattr(p, "_z3_optimizer") or hasattr(p, "_hp_mapping")
+        value = safe_get_full_fp32_param(p) if has_master else None
+        if value is None:
+            ctx = deepspeed.zero.GatheredParameters([p], modifier_rank=None) if zero3 else contextlib.nullcontext()
+            with ctx:
+                value = p.detach().clone()
+        full[id(p)] = value.detach().float().cpu().clone() if rank() == 0 else torch.empty(0)
+    if rank() != 0:
+        return {}
+    out = {}
+    for k, v in module.state_dict(keep_vars=True).items():
+        out[k] = full[id(v)] if id(v) in full else v.detach().cpu().clone()
+    return out
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank if it is true on any (all-reduce MAX): all ranks then save at the same step."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_mean(total: float, count: float) -> float:
+    """Sum ``total`` and ``count`` over ranks; their ratio (a token-weighted mean)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([float(total), float(count)], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+    return float(t[0] / max(float(t[1]), 1e-12))
