@@ -188,6 +188,10 @@ class RunDir:
         shutil.rmtree(self.path / "_done" / stage, ignore_errors=True)
 
     # ---- failures
+    def mark_preempted(self, stage: str, task: int) -> None:
+        """The task saved its state on a preemption signal and wants to be requeued (hand launches)."""
+        atomic_write_json(self.path / "_preempted" / stage / f"{task:05d}", {"time": time.time()})
+
     def mark_failed(self, stage: str, task: int, error: str, log: Optional[str] = None) -> None:
         atomic_write_json(self._failure(stage, task), {"time": time.time(), "error": error, "log": log})
 

@@ -9,7 +9,8 @@ Run as a program by the local executor, or by hand under srun (slurm/distill_32n
     python -m climb_hpc.task RUN_DIR STAGE TASK
 
 Under an srun of several tasks it takes the ranks from Slurm's environment; after saving on a
-preemption signal it exits 75, which the sbatch script turns into a requeue.
+preemption signal it exits 75 and rank 0 leaves ``_preempted/<stage>/<task>``, which the sbatch
+script turns into a requeue (srun's own exit code is not reliable once it has killed the other ranks).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> int:
         execute(run_dir, stage_name, task, log_path=os.environ.get("CLIMB_HPC_TASK_LOG"))
     except preempt.Preempted:
         log.warning("task %s/%d saved its state on a preemption request; exiting to be resumed", stage_name, task)
+        if global_rank() == 0:  # for a hand launch's sbatch script: requeue me (slurm/distill_32n.sbatch)
+            RunDir(run_dir).mark_preempted(stage_name, task)
         return EXIT_PREEMPTED
     return 0
 

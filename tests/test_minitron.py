@@ -259,3 +259,33 @@ def test_preempted_two_node_distillation_resumes_to_identical_weights(two_node_r
 def _curve(path: Path) -> list[dict]:
     """The log without wall-clock times."""
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in _log(path)]
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_hand_launched_sbatch_on_two_nodes_requeues_on_preemption_and_matches(two_node_reference, corrected,
+                                                                               tmp_path):
+    """slurm/distill_32n.sbatch as a user runs it (sbatch by hand, srun of 2 ranks on node1 + node2, sized
+    down from 32 x 8 on the command line): USR2 mid-run -> the ranks save and exit 75, the script requeues
+    the job, the restart resumes and ends with the reference's student."""
+    from tests.conftest import ROOT
+
+    cfg = _distill_run(corrected, tmp_path / "run")
+    run = Path(cfg.run_dir)
+    out = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
+                          "--cpus-per-task=1", "--mem=0", "--time=10", f"--output={tmp_path}/job-%j.log",
+                          str(ROOT / "slurm" / "distill_32n.sbatch"), str(run), "distill"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    job = out.stdout.strip().split(";")[0]
+    wait_for_lines(run / "distill" / "train_log.jsonl", 20)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    deadline = time.time() + 300
+    while not (run / "_done" / "distill" / "00000").exists():
+        assert time.time() < deadline, (tmp_path / f"job-{job}.log").read_text()[-3000:]
+        time.sleep(1)
+    log = (tmp_path / f"job-{job}.log").read_text()
+    assert "requeueing job" in log and "(restart 1)" in log
+    m = read_json(run / "distill" / "metrics.json")
+    assert len(m["attempts"]) == 2 and m["attempts"][1] >= 20 and m["hosts"] == ["node1", "node2"]
+    assert _digest_equal(run / "student", two_node_reference / "student")
+    assert not (run / "_preempted" / "distill" / "00000").exists()
