@@ -43,9 +43,10 @@ def stage_names(cfg: DictConfig) -> list[str]:
 
 
 def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:
-    """The stage's own resources, overridden by ``cluster.stage_resources.<stage>`` when given."""
+    """The stage's own resources, overridden by ``cluster.stage_resources.<stage>`` when given
+    (``<family>`` for a stage family such as ``proxy/<group>``)."""
     res = stage.resources(cfg)
-    override = OmegaConf.select(cfg, f"cluster.stage_resources.{stage.name}")
+    override = OmegaConf.select(cfg, f"cluster.stage_resources.{stage.name.partition('/')[0]}")
     if override:
         fields = {k: v for k, v in OmegaConf.to_container(override).items()}  # type: ignore[union-attr]
         unknown = set(fields) - set(Resources.__dataclass_fields__)

@@ -207,6 +207,15 @@ def test_cluster_profile_dgx_h100_32n_dry_run(tmp_path):
         assert line in script
 
 
+def test_dgx_h100_32n_distill_is_one_job_of_32_nodes_x_8_gpus(tmp_path):
+    """Distillation under the 32-node profile: one task, srun over 32 nodes x 8 ranks, a GPU a rank."""
+    run_pipeline(make_cfg(tmp_path, "cluster=dgx_h100_32n", "pipeline.stages=[distill]", "dry_run=true"))
+    script = (tmp_path / "sbatch" / "distill.sbatch").read_text()
+    for line in ("#SBATCH --nodes=32", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --cpus-per-task=12", "#SBATCH --time=2880", "#SBATCH --signal=USR2@300", "srun"):
+        assert line in script, line
+
+
 def test_real_preemption_by_a_higher_priority_partition(tmp_path):
     """An exclusive 2-node job in partition `urgent` preempts our task in `debug`: Slurm sends the
     task its USR2, it saves and requeues itself, and ends with the uninterrupted result."""
