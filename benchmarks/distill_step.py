@@ -24,7 +24,8 @@ DDP loop of the same model, side by side (ratios printed).
 * timing:  the ranks are spawned once (``torch.multiprocessing.spawn`` with RANK/WORLD_SIZE/MASTER_* set;
            ``OMP_NUM_THREADS`` and torch threads = cores // ranks by default) and run the variants in turn,
            each with freshly built models: ``--warmup`` steps, then ``--steps`` timed optimizer steps; a
-           step's time is the slowest rank's; the median is reported; tokens/s = global batch x seq / median.
+           step's time is the slowest rank's; the median is reported (the best of --rounds passes, run forwards then backwards);
+           tokens/s = global batch x seq / median.
            fp32 on CPU; on a GPU, ``--precision auto`` means bf16 (DeepSpeed's bf16 mode for ZeRO, autocast
            for DDP, the teacher cast to bf16). The loss column (first -> last step, mean over ranks) is a
            sanity check: same init, same data, same optimizer -> the same numbers in every variant.
@@ -129,7 +130,8 @@ def worker(rank: int, variants: list[str], a: argparse.Namespace, port: int, out
     results = []
     with ds.distributed(s):
         logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-        for v in variants:
+        order = [v for k in range(a.rounds) for v in (variants if k % 2 == 0 else variants[::-1])]
+        for v in order:  # forwards then backwards: slow drift of a shared machine hits every variant alike
             gc.collect()
             _peak_rss_reset()
             dist.barrier()
@@ -280,6 +282,7 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--teacher-zero3", action="store_true", help="add ZeRO-3 student + ZeRO-3 teacher engine")
     ap.add_argument("--cpu", action="store_true", help="stay on CPU even with a GPU")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the variants (alternating order); best kept")
     ap.add_argument("--variants", nargs="+", default=None, help=f"subset of {', '.join(VARIANTS)}, zero3+t3")
     a = ap.parse_args()
     a.global_batch = a.global_batch or a.micro_batch * a.ranks
@@ -301,7 +304,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "results.json")
         mp.spawn(worker, args=(variants, a, free_port(), out), nprocs=a.ranks, join=True)
-        rows: list[dict[str, Any]] = json.loads(Path(out).read_text())
+        runs: list[dict[str, Any]] = json.loads(Path(out).read_text())
+    rows = [min((r for r in runs if r["variant"] == v), key=lambda r: r["step_s"]) for v in variants]  # best round
     base = next(r for r in rows if r["variant"] == "ddp")
     p, t, n = base["n_student"], base["n_teacher"], base["world"]
     print(f"\nstudent {p / 1e6:.2f} M params, teacher {t / 1e6:.2f} M (frozen), {n} ranks, {base['precision']} "
