@@ -194,3 +194,21 @@ def test_importance_then_prune_stages_write_a_loadable_student(tmp_path_factory)
     assert student.config.num_attention_heads == 2 and student.config.num_key_value_heads == 2
     assert (run / "student_pruned" / "tokenizer.json").is_file()
     student(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+def test_mc_metric_ranks_blocks_and_prune_refuses_a_mismatched_drop():
+    model = tiny()
+    calls, second = [], model.model.layers[1]
+
+    def mc(m) -> float:  # a stand-in accuracy: highest when the model has layer 1 removed
+        calls.append(len(m.model.layers))
+        return 1.0 if all(layer is not second for layer in m.model.layers) else 0.25
+
+    imp = compute_importance(model, batches(1), drop=1, mc=mc)
+    assert imp["depth_mc"].tolist() == [0.25, 1.0, 0.25, 0.25] and imp["base_mc"] == 0.25
+    assert calls == [3, 3, 3, 3, 4] and len(model.model.layers) == 4  # layers restored after scoring
+    assert prune_model(model, imp, {"depth": {"drop": 1, "metric": "mc"}}).pruned_info["dropped_layers"] == [1]
+    with pytest.raises(ValueError, match="drop=1"):
+        prune_model(model, imp, {"depth": {"drop": 2, "metric": "loss"}})
+    with pytest.raises(ValueError, match="metric"):
+        prune_model(model, imp, {"depth": {"drop": 1, "metric": "bogus"}})
