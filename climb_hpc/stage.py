@@ -89,6 +89,8 @@ REGISTRY: dict[str, str] = {
     "search": "climb_hpc.search.stage:STAGE",
     "mix": "climb_hpc.search.mix:STAGE",
     "correct": "climb_hpc.minitron.correct:STAGE",
+    "importance": "climb_hpc.minitron.importance:STAGE",
+    "prune": "climb_hpc.minitron.prune:STAGE",
     "distill": "climb_hpc.minitron.distill:STAGE",
     # diagnostics that prove a cluster setup end to end (climb_hpc/selftest.py)
     "noop": "climb_hpc.selftest:NOOP",

@@ -1,0 +1,270 @@
+"""Stage ``importance``: Minitron activation-based importance of the teacher's neurons, heads, channels, layers.
+
+Forward hooks over calibration windows of the mixed dataset (``minitron.importance.samples`` sequences of
+``seq_len`` tokens) score, per layer:
+
+* MLP neurons: the input of ``down_proj`` (one value a neuron);
+* attention heads: the input of ``o_proj``, cut into heads; a token's score is the L2 norm of the head's
+  contribution through ``o_proj`` (|W_o[:, head] x_head|, which also sees a head whose output columns are 0);
+* embedding channels: the outputs of every RMSNorm (input/post-attention layernorms, final norm), summed.
+
+Aggregation as in Minitron (and NVIDIA Model-Optimizer's ``mcore_minitron``): the absolute activation is
+averaged over the sequence, then the L2 norm is taken over the batch. A KV group's importance is the sum of
+its query heads'. Layer importance, for depth pruning:
+
+* ``block``: block importance, 1 - cos(layer input, layer output), averaged over tokens (ShortGPT);
+* ``loss``: the LM loss of the model with each contiguous block of ``drop`` layers removed;
+* ``mc``: optionally, a multiple-choice accuracy (``climb_hpc.proxy.targets.mc_accuracy``) per removed block.
+
+Outputs: ``<run>/importance/importance.pt`` (a dict of tensors, see ``compute_importance``) and
+``importance/summary.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from climb_hpc.minitron.correct import _m, load_hf, plain, seed_of
+from climb_hpc.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from climb_hpc.rundir import RunDir
+
+NAME = "importance"
+
+
+def decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``LlamaModel`` / ``MistralModel`` inside a causal LM (``layers``, ``norm``, ``embed_tokens``)."""
+    return model.model  # type: ignore[return-value]
+
+
+class _SumSq:
+    """Accumulates, for activations [B, T, ...], sum over the batch of (mean over T of |x|)^2."""
+
+    def __init__(self) -> None:
+        self.acc: Optional[torch.Tensor] = None
+
+    def add(self, per_token: torch.Tensor) -> None:
+        v = per_token.detach().float().abs().mean(dim=1).pow(2).sum(dim=0).cpu()
+        self.acc = v if self.acc is None else self.acc + v
+
+    def result(self) -> torch.Tensor:
+        assert self.acc is not None, "no activations recorded"
+        return self.acc.sqrt()
+
+
+@contextmanager
+def _hooks(handles: list[Any]):
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def lm_loss_of(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    """Mean next-token cross-entropy of windows [B, T + 1] (token-weighted over the batches)."""
+    total, n = 0.0, 0
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for seqs in batches:
+            seqs = seqs.to(dev)
+            logits = model(input_ids=seqs[:, :-1]).logits
+            y = seqs[:, 1:]
+            total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+            n += y.numel()
+    return total / n
+
+
+@contextmanager
+def without_layers(model: torch.nn.Module, drop: Iterable[int]):
+    """The model with these decoder layers skipped (for scoring only; no cache is used)."""
+    dec = decoder(model)
+    layers = dec.layers
+    gone = set(drop)
+    dec.layers = torch.nn.ModuleList([m for i, m in enumerate(layers) if i not in gone])
+    try:
+        yield model
+    finally:
+        dec.layers = layers
+
+
+def compute_importance(model: torch.nn.Module, batches: list[torch.Tensor], drop: int = 1,
+                       mc: Optional[Callable[[torch.nn.Module], float]] = None) -> dict[str, Any]:
+    """Importance of every prunable unit of an HF Llama/Mistral causal LM over calibration windows.
+
+    ``batches``: int64 windows [B, T + 1] (the forward sees ``[:, :-1]``, the loss scores ``[:, 1:]``).
+    Returns ``mlp`` [L, I], ``heads`` [L, H], ``kv_groups`` [L, KV], ``channels`` [h], ``block`` [L],
+    ``depth_loss`` [L - drop + 1] (loss with layers [s, s + drop) removed), ``base_loss``, ``drop``, and
+    ``depth_mc`` / ``base_mc`` when ``mc`` is given (accuracy, higher is better)."""
+    cfg = model.config
+    dec = decoder(model)
+    n_layers, n_heads, n_kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+    mlp = [_SumSq() for _ in range(n_layers)]
+    heads = [_SumSq() for _ in range(n_layers)]
+    norms: list[_SumSq] = []
+    bi_sum = torch.zeros(n_layers, dtype=torch.float64)
+    bi_count = [0]
+    inputs: dict[int, torch.Tensor] = {}
+    handles: list[Any] = []
+
+    for i, layer in enumerate(dec.layers):
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(
+            lambda mod, args, i=i: mlp[i].add(args[0])))
+
+        def head_hook(mod: Any, args: tuple, i: int = i) -> None:
+            # |W_o[:, head] x_head| per token, as sqrt(x^T G x) with G = W_h^T W_h [H, d, d]: a head's input
+            # to o_proj as o_proj sees it (a head whose o_proj columns are zero contributes nothing)
+            x = args[0].float().reshape(*args[0].shape[:-1], n_heads, head_dim)
+            w = mod.weight.float().reshape(-1, n_heads, head_dim)
+            gram = torch.einsum("ohd,ohe->hde", w, w)
+            sq = torch.einsum("bthd,hde,bthe->bth", x, gram, x)
+            heads[i].add(sq.clamp_min(0).sqrt())
+
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(head_hook))
+
+        def keep_input(mod: Any, args: tuple, kwargs: dict, i: int = i) -> None:
+            inputs[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def block_importance(mod: Any, args: tuple, kwargs: dict, out: Any, i: int = i) -> None:
+            y = out[0] if isinstance(out, tuple) else out
+            cos = F.cosine_similarity(inputs.pop(i).float(), y.detach().float(), dim=-1)
+            bi_sum[i] += float((1.0 - cos).sum())
+            if i == 0:
+                bi_count[0] += cos.numel()
+
+        handles.append(layer.register_forward_pre_hook(keep_input, with_kwargs=True))
+        handles.append(layer.register_forward_hook(block_importance, with_kwargs=True))
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norms.append(_SumSq())
+            handles.append(norm.register_forward_hook(lambda mod, args, out, s=norms[-1]: s.add(out)))
+    norms.append(_SumSq())
+    handles.append(dec.norm.register_forward_hook(lambda mod, args, out, s=norms[-1]: s.add(out)))
+
+    was_training = model.training
+    model.eval()
+    try:
+        with _hooks(handles), torch.no_grad():
+            dev = next(model.parameters()).device
+            for seqs in batches:
+                model(input_ids=seqs[:, :-1].to(dev))
+        base = lm_loss_of(model, batches)
+        starts = range(n_layers - drop + 1) if 0 < drop <= n_layers else range(0)
+        depth_loss, depth_mc = [], []
+        for s in starts:
+            with without_layers(model, range(s, s + drop)):
+                depth_loss.append(lm_loss_of(model, batches))
+                if mc is not None:
+                    depth_mc.append(float(mc(model)))
+        base_mc = float(mc(model)) if mc is not None else None
+    finally:
+        model.train(was_training)
+
+    head_imp = torch.stack([h.result() for h in heads])
+    out: dict[str, Any] = {
+        "mlp": torch.stack([m.result() for m in mlp]),
+        "heads": head_imp,
+        "kv_groups": head_imp.reshape(n_layers, n_kv, n_heads // n_kv).sum(-1),
+        "channels": torch.stack([n.result() for n in norms]).sum(0),
+        "block": (bi_sum / max(1, bi_count[0])).float(),
+        "depth_loss": torch.tensor(depth_loss, dtype=torch.float32),
+        "base_loss": base,
+        "drop": int(drop),
+    }
+    if mc is not None:
+        out["depth_mc"] = torch.tensor(depth_mc, dtype=torch.float32)
+        out["base_mc"] = base_mc
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def teacher_dir(cfg: DictConfig, rd: RunDir) -> Path:
+    p = _m(cfg).importance.get("model")
+    return Path(p) if p else rd.path / "teacher"
+
+
+def depth_drop(cfg: DictConfig) -> int:
+    """Layers a depth-pruning block removes: importance.drop, else prune.depth.drop (1 when that is 0)."""
+    m = _m(cfg)
+    d = m.importance.get("drop")
+    if d is None:
+        d = (m.prune.get("depth") or {}).get("drop") or 1
+    return int(d)
+
+
+def calibration(cfg: DictConfig, rd: RunDir) -> list[torch.Tensor]:
+    """``samples`` seeded windows of ``seq_len + 1`` tokens of the mixed dataset, in batches."""
+    from climb_hpc.minitron.data import TokenWindows
+    from climb_hpc.minitron.engine import phase_seed
+    from climb_hpc.search.mix import load_mixed
+
+    s = _m(cfg).importance
+    tokens, _, _ = load_mixed(rd)
+    n, seq_len, bs = int(s.samples), int(s.seq_len), int(s.batch_size)
+    plan = TokenWindows(tokens, seq_len, n, phase_seed(seed_of(cfg), NAME))
+    return [torch.from_numpy(plan.sequences(i, min(bs, n - i))) for i in range(0, n, bs)]
+
+
+def mc_metric(cfg: DictConfig, rd: RunDir) -> Optional[Callable[[torch.nn.Module], float]]:
+    s = _m(cfg).importance
+    if not s.get("mc_path"):
+        return None
+    from climb_hpc.corpus.tokenize import tokenizer_dir
+    from climb_hpc.corpus.tokenizer import load_fast
+    from climb_hpc.minitron.correct import tokenizer_info
+    from climb_hpc.proxy.targets import mc_accuracy, read_mc
+
+    items = read_mc(s.mc_path, int(s.get("mc_max_items") or 1000))
+    tok, eos = load_fast(tokenizer_dir(rd)), int(tokenizer_info(rd)["eos_id"])
+    norm = str(s.get("mc_normalize") or "char")
+    return lambda model: mc_accuracy(model, tok, eos, items, int(s.seq_len), next(model.parameters()).device,
+                                     norm)["accuracy"]
+
+
+def summary_of(imp: dict[str, Any], k: int = 5) -> dict[str, Any]:
+    """A small readable view: per-layer scores and the least important units."""
+    out: dict[str, Any] = {
+        "layers": int(imp["block"].numel()), "drop": imp["drop"], "base_loss": imp["base_loss"],
+        "block": [round(float(x), 6) for x in imp["block"]],
+        "depth_loss": [round(float(x), 6) for x in imp["depth_loss"]],
+        "least_channels": imp["channels"].argsort()[:k].tolist(),
+        "least_heads": [row.argsort()[:k].tolist() for row in imp["heads"]],
+        "least_neurons": [row.argsort()[:k].tolist() for row in imp["mlp"]],
+    }
+    if "depth_mc" in imp:
+        out["depth_mc"] = [round(float(x), 6) for x in imp["depth_mc"]]
+        out["base_mc"] = imp["base_mc"]
+    return out
+
+
+def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    from climb_hpc.proxy.train import torch_threads
+    from climb_hpc.rundir import atomic_path, atomic_write_json
+
+    s = _m(cfg).importance
+    with torch_threads(int(s.get("cpus") or 1)):
+        model = load_hf(teacher_dir(cfg, rd))
+        if int(s.get("gpus") or 0) > 0 and torch.cuda.is_available():
+            model = model.cuda()
+        imp = compute_importance(model, calibration(cfg, rd), depth_drop(cfg), mc_metric(cfg, rd))
+    imp["teacher"] = str(teacher_dir(cfg, rd))
+    imp["config"] = plain(s)
+    out = rd.stage_dir(NAME)
+    with atomic_path(out / "importance.pt") as tmp:
+        torch.save(imp, tmp)
+    atomic_write_json(out / "summary.json", summary_of(imp))
+    print(f"importance: {imp['block'].numel()} layers, base loss {imp['base_loss']:.4f} -> {out}", flush=True)
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1,
+              resources=lambda cfg: Resources.from_config(_m(cfg).importance, time_min=60))
