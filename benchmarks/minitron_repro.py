@@ -3,10 +3,11 @@
     python benchmarks/minitron_repro.py [--tokens 40000] [--teacher-tokens 400000] [--threads 2]
                                         [--work runs/bench_minitron]
 
-* data:     the built-in corpus (7 domains = 7 clusters, 600-token BPE), ingested and tokenized into a run
+* data:     ../shared/data/corpus (5 sources = 5 clusters, 2048-token BPE), ingested and tokenized into a run
             folder; the mixed dataset is made by the ``mix`` stage from 4 clusters (two of which the
-            teacher never saw); validation = the mixture's held-out tail (``minitron.data.split``).
-* teacher:  a 4-layer, 128-wide Llama (GQA 4 heads / 2 groups) pretrained on clusters 0-2 only, then
+            teacher never saw); validation = the held-out documents of the mixture's clusters (10 % by a hash
+            of the doc id), which neither the mix nor the teacher's pretraining ever contains.
+* teacher:  a 4-layer, 128-wide Llama (GQA 4 heads / 2 groups) pretrained on code, math and science only, then
             corrected on the mixture at its peak LR / 5 (Minitron's teacher correction).
 * pruning:  ``importance.compute_importance`` on 256 mixture windows, then ``prune.prune_model`` to
             ~50 % of the parameters by width (hidden 96, MLP 192, 2 heads) and by depth (2 of 4 layers,
@@ -43,27 +44,44 @@ TEACHER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
            "num_key_value_heads": 2, "head_dim": 32}
 WIDTH = {"hidden_size": 96, "intermediate_size": 192, "num_attention_heads": 2}
 DEPTH = {"depth": {"drop": 2, "metric": "block"}}
-PRETRAIN_CLUSTERS = (0, 1, 2)
-MIX = "mix.weights={0: 0.25, 1: 0.25, 4: 0.25, 5: 0.25}"
-TOKENIZED = ("corpus.builtin.docs_per_domain=200", "tokenize.vocab_size=600", "tokenize.batch_size=16")
+CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+# clusters = the corpus's sources, sorted: 0 code, 1 fiction, 2 math, 3 news, 4 science
+PRETRAIN_CLUSTERS = (0, 2, 4)
+MIX = "mix.weights={0: 0.25, 1: 0.25, 3: 0.25, 4: 0.25}"  # fiction and news: never seen by the teacher
+TOKENIZED = ("tokenize.vocab_size=2048", "tokenize.batch_size=256")
+HOLDOUT = 0.1  # docs held out of everything trained on (by a hash of the id); the validation set
 
 
 def make_run(work: Path) -> Path:
-    """Ingest + tokenize the built-in corpus (clusters = domains) and mix it; reused when present."""
+    """Ingest + tokenize the real corpus (clusters = sources) and mix it; reused when present."""
     from climb_hpc.clusters.labels import clusters_from_field
     from climb_hpc.config import compose
     from climb_hpc.pipeline import run_pipeline
     from climb_hpc.rundir import RunDir
 
     run = work / "run"
-    if (run / "mix" / "summary.json").is_file():
+    if (run / "mix" / "summary.json").is_file() and (run / "holdout.txt").is_file() \
+            and (run / "holdout.txt").read_text() == f"{HOLDOUT} {CORPUS}":
         return run
     shutil.rmtree(run, ignore_errors=True)
-    base = [f"run_dir={run}", "progress=false", "cluster=debug", *TOKENIZED, "mix.tokens=400000", MIX]
+    if not CORPUS.is_dir():
+        raise SystemExit(f"{CORPUS} is missing: this benchmark runs on ../shared/data/corpus")
+    base = [f"run_dir={run}", "progress=false", "cluster=debug", f"corpus.paths=[{CORPUS}]", *TOKENIZED,
+            "mix.tokens=2000000", MIX,
+            f"proxy.holdout_fraction={HOLDOUT}"]
     run_pipeline(compose([*base, "pipeline.stages=[ingest,tokenize,mix]", "until=ingest"]))
     clusters_from_field(RunDir(run), "source")
     run_pipeline(compose([*base, "pipeline.stages=[ingest,tokenize,mix]"]))
+    (run / "holdout.txt").write_text(f"{HOLDOUT} {CORPUS}")
     return run
+
+
+def heldout_windows(rd: Any, clusters: list[int], eos: int) -> np.ndarray:
+    """Non-overlapping windows of the held-out docs of ``clusters``: never in the mix, never pretrained on."""
+    from climb_hpc.proxy.targets import heldout_streams
+
+    stream = np.concatenate(list(heldout_streams(rd, clusters, HOLDOUT, 10**9, eos).values()))
+    return np.stack([stream[i:i + SEQ + 1] for i in range(0, len(stream) - SEQ - 1, SEQ)])
 
 
 def windows(tokens: np.ndarray, n: int, seed: int, end: Optional[int] = None) -> np.ndarray:
@@ -116,11 +134,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     import copy
 
-    from climb_hpc.corpus.tokenize import load_cluster
-    from climb_hpc.minitron.data import split
     from climb_hpc.minitron.importance import compute_importance
     from climb_hpc.minitron.prune import num_params, prune_model
     from climb_hpc.proxy.model import build_model
+    from climb_hpc.proxy.sampler import MixtureSampler, training_streams
     from climb_hpc.rundir import RunDir, read_json
     from climb_hpc.search.mix import load_mixed
 
@@ -128,13 +145,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     rd = RunDir(make_run(a.work))
     summ = read_json(rd.path / "tokenize" / "summary.json")
     mixed, _, _ = load_mixed(rd)
-    end, val = split(mixed, 20_000, SEQ)
-    pre = np.concatenate([np.asarray(load_cluster(rd, c)[0]) for c in PRETRAIN_CLUSTERS])
+    end = None  # the mix holds no held-out doc: validation is the held-out docs of the mixture's clusters
+    mix_clusters = sorted(int(c) for c in read_json(rd.path / "mixture.json")["clusters"])
+    val = heldout_windows(rd, mix_clusters, summ["eos_id"])
+    pretrain = training_streams(rd, list(PRETRAIN_CLUSTERS), HOLDOUT)
     per = SEQ * 1  # tokens a window contributes
     n_win = max(BATCH, a.tokens // per)
 
     teacher = build_model(TEACHER, summ["vocab_size"], summ["eos_id"], SEQ, seed=0)
-    train(teacher, windows(pre, a.teacher_tokens // per, 1), a.lr)
+    n_pre = a.teacher_tokens // per
+    train(teacher, MixtureSampler(pretrain, {c: pretrain[c].total for c in pretrain}, SEQ, n_pre, 1).sequences(0, n_pre),
+          a.lr)
     corrected = train(copy.deepcopy(teacher), windows(mixed, a.correct_tokens // per, 2, end), a.lr / 5)
     calib = [torch.from_numpy(w) for w in np.split(windows(mixed, 256, 3, end), 16)]
     results: dict[str, float] = {"teacher (uncorrected)": val_loss(teacher, val),
@@ -159,7 +180,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["scratch, 10N"] = val_loss(train(build_model(shape, summ["vocab_size"], summ["eos_id"], SEQ, seed=5),
                                              windows(mixed, 10 * n_win, 4, end), a.lr), val)
 
-    print(f"\nLM val loss on the mixture (N = {n_win * SEQ:,} tokens; {time.time() - t0:.0f} s):")
+    print(f"\nLM val loss on the mixture's held-out docs ({val.size:,} tokens; N = {n_win * SEQ:,} tokens; "
+          f"{time.time() - t0:.0f} s):")
     for k, v in results.items():
         print(f"  {k:<45} {v:.4f}")
     short = []
