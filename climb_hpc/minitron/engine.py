@@ -39,6 +39,7 @@ from climb_hpc import preempt
 from climb_hpc.minitron import ds
 from climb_hpc.minitron.data import PhaseData, micro_batch
 from climb_hpc.proxy.train import lr_at
+from climb_hpc.proxy.train import make_optimizer as proxy_optimizer
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
 
 
@@ -106,12 +107,8 @@ def num_steps(section: Mapping[str, Any]) -> int:
 
 
 def make_optimizer(module: torch.nn.Module, section: Mapping[str, Any], gpu: bool) -> torch.optim.AdamW:
-    params = [p for p in module.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": float(section.get("weight_decay", 0.0))},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=float(section["lr"]), betas=tuple(section.get("betas", (0.9, 0.95))),
-                             eps=float(section.get("eps", 1e-8)), **({"fused": True} if gpu else {"foreach": True}))
+    """The proxies' AdamW (decay on matrices only; fused on GPU, foreach on CPU) over ``section``'s settings."""
+    return proxy_optimizer(module, section, torch.device("cuda" if gpu else "cpu"))
 
 
 def _host() -> str:

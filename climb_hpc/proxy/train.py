@@ -77,6 +77,7 @@ def make_optimizer(model: torch.nn.Module, ocfg: Mapping[str, Any], device: torc
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": float(ocfg.get("weight_decay", 0.0))},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=float(ocfg["lr"]), betas=tuple(ocfg.get("betas", (0.9, 0.95))),
                              eps=float(ocfg.get("eps", 1e-8)), **kind)
