@@ -1,7 +1,9 @@
-"""`climb-hpc <command> [key=value ...]`: run, status, train-raters.
+"""`climb-hpc <command> [key=value ...]`: run, status, plan, train-raters.
 
     climb-hpc run [run_dir=DIR] [until=STAGE] [cluster=local|debug|slurm|dgx_h100_32n] [key=value ...]
     climb-hpc status run_dir=DIR [format=json]
+    climb-hpc plan cluster=PROFILE plan.corpus_tokens=1.2e12 [format=json] [key=value ...]
+        GPU-, core- and node-hours of every stage and the `scontrol create reservation` request to ask for
     climb-hpc train-raters input=LABELLED.jsonl output=DIR [text_field=text] [epoch=25 lr=0.5 wordNgrams=2 ...]
         fastText quality raters from a JSONL of {"text": ..., "quality": 0-5, "advertisement": 0-5,
         "informational": 0-5, "educational": 0-5}; use them with quality.raters=DIR
@@ -68,6 +70,20 @@ def cmd_status(args: list[str]) -> int:
     return 0
 
 
+def cmd_plan(args: list[str]) -> int:
+    from climb_hpc.config import compose
+    from climb_hpc.plan import as_json, cluster_profile, make_plan, render
+
+    fmt = next((a.split("=", 1)[1] for a in args if a.startswith("format=")), "text")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"format={fmt}: choose text or json")
+    args = [a for a in args if not a.startswith("format=")]
+    profile = cluster_profile(args)
+    plan = make_plan(compose(args), profile)
+    print(json.dumps(as_json(plan), indent=2) if fmt == "json" else render(plan))
+    return 0
+
+
 def cmd_train_raters(args: list[str]) -> int:
     from climb_hpc.clusters.raters import TRAIN_DEFAULTS, train_raters
 
@@ -92,7 +108,7 @@ def cmd_train_raters(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "train-raters": cmd_train_raters}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "train-raters": cmd_train_raters}
 
 
 def main(argv: list[str] | None = None) -> int:
