@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from climb_hpc.report.common import Ctx, finite, safetensors_params
+from climb_hpc.report.common import Ctx, ReportDataError, finite, safetensors_params
 from climb_hpc.report.page import Section
 
 DIMS = (("hidden size", "hidden_size"), ("MLP intermediate size", "intermediate_size"),
@@ -98,13 +98,18 @@ def section(ctx: Ctx) -> Section:
         ctx.missing(sec, "prune", "prune/summary.json and student_pruned/")
         return sec
     shapes = {label: _shape(c) for label, c in confs.items()}
-    if summary:  # the teacher as the prune stage saw it (it may live outside the run folder)
-        shapes["teacher"] = shapes["teacher"] or summary.get("before") or {}
+    if summary:  # the model the prune stage pruned (minitron.prune.model may name one outside the run folder)
+        shapes["teacher"] = summary.get("before") or shapes["teacher"]
         shapes["pruned"] = shapes["pruned"] or summary.get("after") or {}
-    params = {label: safetensors_params(ctx.run / folder) if (ctx.run / folder).is_dir() else None
-              for label, folder in MODELS}
+    params: dict[str, Any] = {}
+    for label, folder in MODELS:
+        try:
+            params[label] = safetensors_params(ctx.run / folder) if (ctx.run / folder).is_dir() else None
+        except (OSError, ReportDataError, KeyError, TypeError, ValueError) as e:
+            params[label] = None
+            sec.note(f"{folder}/: parameters not counted ({type(e).__name__}: {e})", warn=True)
     sp = (summary or {}).get("params") or {}
-    params["teacher"] = params["teacher"] if params["teacher"] is not None else sp.get("before")
+    params["teacher"] = sp.get("before") if sp.get("before") is not None else params["teacher"]
     params["pruned"] = params["pruned"] if params["pruned"] is not None else sp.get("after")
     correct = ctx.json("correct/metrics.json") if ctx.has("correct/metrics.json") else {}
     distill = ctx.json("distill/metrics.json") if ctx.has("distill/metrics.json") else {}
@@ -142,13 +147,16 @@ def section(ctx: Ctx) -> Section:
     else:
         dropped = []
         ctx.missing(sec, "prune", "prune/summary.json")
-    if ctx.has("importance/summary.json"):
+    if not ctx.has("importance/summary.json"):
+        ctx.missing(sec, "importance", "importance/summary.json")
+        return sec
+    try:
         imp = ctx.json("importance/summary.json")
         if imp.get("block"):
             ctx.figure(sec, _importance_figure(imp, dropped), "layer_importance.png", "layer importance",
                        "Left: each teacher layer's block importance (how much it changes its input). Right: the LM "
                        "loss of the teacher with each contiguous block of layers removed (the loss metric of depth "
                        "pruning). Measured by the importance stage on calibration windows of the mixed data.")
-    else:
-        ctx.missing(sec, "importance", "importance/summary.json")
+    except Exception as e:  # the table above stays
+        sec.note(f"layer importance not shown ({type(e).__name__}: {e})", warn=True)
     return sec

@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 
 from climb_hpc.report.common import Ctx, ReportDataError, finite
 from climb_hpc.report.page import Section
-from climb_hpc.report.search_plots import pca_2d
 
 MAX_MEMBERS = 12  # initial cluster ids listed per final cluster
 
@@ -63,7 +62,7 @@ def _sizes_figure(ids: list[int], docs: list[int], tokens: dict[int, int] | None
 
 
 def _quality_figure(ids: list[int], axes: list[str], means: np.ndarray, thresholds: dict[str, Any]) -> Figure:
-    fig = Figure(figsize=(max(5.0, 1.6 + 0.9 * len(axes)), max(2.6, 1.2 + 0.32 * len(ids))))
+    fig = Figure(figsize=(max(5.0, 1.6 + 0.9 * len(axes)), max(2.6, min(10.0, 1.2 + 0.32 * len(ids)))))
     ax = fig.add_subplot()
     im = ax.imshow(means, cmap="RdYlGn", vmin=0, vmax=5, aspect="auto")
     ax.set_xticks(range(len(axes)))
@@ -188,6 +187,25 @@ def sample_rows(n: int, cap: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=cap, replace=False))
 
 
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(mean, components (2, d), explained variance ratios) from the d x d covariance (``eigh``: fast for many
+    rows). Signs as ``search_plots.pca_2d``: each component's largest loading is positive; a direction without
+    variance is all zeros."""
+    mean = x.mean(axis=0)
+    xc = x - mean
+    w, v = np.linalg.eigh(xc.T @ xc)
+    order = np.argsort(w)[::-1][:2]
+    total = float(w.clip(min=0).sum())
+    comps = np.zeros((2, x.shape[1]))
+    ratios = [0.0, 0.0]
+    for i, j in enumerate(order):
+        if total > 0 and w[j] > 1e-12 * total:
+            c = v[:, j]
+            comps[i] = c if c[np.argmax(np.abs(c))] >= 0 else -c
+            ratios[i] = float(w[j]) / total
+    return mean, comps, ratios
+
+
 def _doc_clusters(ctx: Ctx, n: int) -> np.ndarray | None:
     import pyarrow.parquet as pq
 
@@ -222,21 +240,20 @@ def map_section(ctx: Ctx) -> Section:
     labels_all = _doc_clusters(ctx, n)
     labels = labels_all[idx] if labels_all is not None else None
     if labels_all is None:
-        ctx.missing(sec, "refine", "refine/doc_clusters.parquet: documents are not coloured")
+        ctx.missing(sec, "refine", "refine/doc_clusters.parquet")
     x, idx = x[ok], idx[ok]
     labels = labels[ok] if labels is not None else None
     if len(x) < 2:
         sec.note("fewer than 2 embedded documents: nothing to map")
         return sec
-    mean, comps = pca_2d(x)
+    mean, comps, explained = pca_2d(x)
     xy = (x - mean) @ comps.T
-    total_var = float(((x - mean) ** 2).sum(axis=1).mean())
-    explained = [float((xy[:, i] ** 2).mean()) / total_var if total_var > 0 else 0.0 for i in range(2)]
     fig = _map_figure(xy, labels, explained)
     ctx.figure(sec, fig, "doc_map.png", "2-D map of the documents by final cluster",
                f"{len(x):,} of {n:,} documents (a seeded sample of at most {ctx.max_points:,}), projected on the first "
-               f"two principal components of their {dim}-d embeddings (PCA fitted on the sample). Colour: final "
-               f"cluster; grey crosses: documents in pruned clusters; numbers: cluster ids at their median.")
+               f"two principal components of their {dim}-d embeddings (PCA fitted on the sample). "
+               + ("Colour: final cluster; grey crosses: documents in pruned clusters; numbers: cluster ids at their "
+                  "median." if labels is not None else "Not coloured: the documents have no final clusters yet."))
     return sec
 
 

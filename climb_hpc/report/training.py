@@ -108,7 +108,7 @@ def _proxy_part(ctx: Ctx, sec: Section) -> None:
     groups = sorted({t["group"] for t in trials})
     sec.p(f"{len(trials)} proxy trials in {len(groups)} groups ({', '.join(groups)}); the curves of the "
           f"{min(ctx.top_trials, len(ranked))} best by the target ({'lower' if lower else 'higher'} is better) "
-          f"and of the {len(refs)} reference mixtures.")
+          f"and of the {len(refs)} reference mixture(s).")
     ctx.figure(sec, _proxy_figure(ctx, shown), "proxy_curves.png", "training loss of the best proxy trials",
                "Training loss per step of each shown trial (smoothed when long; raw in light colour); the legend "
                "gives the target value each trial measured.")
