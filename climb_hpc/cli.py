@@ -1,9 +1,11 @@
-"""`climb-hpc <command> [key=value ...]`: run, status, plan, train-raters.
+"""`climb-hpc <command> [key=value ...]`: run, status, report, plan, train-raters.
 
     climb-hpc run [run_dir=DIR] [until=STAGE] [cluster=local|debug|slurm|dgx_h100_32n] [key=value ...]
     climb-hpc status run_dir=DIR [format=json]
     climb-hpc plan cluster=PROFILE plan.corpus_tokens=1.2e12 [format=json] [key=value ...]
         GPU-, core- and node-hours of every stage and the `scontrol create reservation` request to ask for
+    climb-hpc report run_dir=DIR [max_points=5000] [dpi=100] [top_trials=5]
+        writes (refreshes) DIR/report.html, one self-contained page, and its PNGs in DIR/report/
     climb-hpc train-raters input=LABELLED.jsonl output=DIR [text_field=text] [epoch=25 lr=0.5 wordNgrams=2 ...]
         fastText quality raters from a JSONL of {"text": ..., "quality": 0-5, "advertisement": 0-5,
         "informational": 0-5, "educational": 0-5}; use them with quality.raters=DIR
@@ -70,6 +72,24 @@ def cmd_status(args: list[str]) -> int:
     return 0
 
 
+def cmd_report(args: list[str]) -> int:
+    from climb_hpc.report.build import write_report
+    from climb_hpc.report.common import DEFAULTS
+
+    kv = _kv(args)
+    if "run_dir" not in kv:
+        raise ConfigError("report needs run_dir=DIR")
+    unknown = sorted(set(kv) - {"run_dir", *DEFAULTS})
+    if unknown:
+        raise ConfigError(f"report: unknown option(s) {unknown}; known: run_dir, {', '.join(DEFAULTS)}")
+    try:
+        opts = {k: int(v) for k, v in kv.items() if k in DEFAULTS}
+    except ValueError:
+        raise ConfigError(f"report: {', '.join(DEFAULTS)} take whole numbers") from None
+    print(write_report(kv["run_dir"], **opts))
+    return 0
+
+
 def cmd_plan(args: list[str]) -> int:
     from climb_hpc.config import compose
     from climb_hpc.plan import as_json, cluster_profile, make_plan, render
@@ -108,7 +128,8 @@ def cmd_train_raters(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "train-raters": cmd_train_raters}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan,
+            "train-raters": cmd_train_raters}
 
 
 def main(argv: list[str] | None = None) -> int:

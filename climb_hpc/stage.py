@@ -92,6 +92,7 @@ REGISTRY: dict[str, str] = {
     "importance": "climb_hpc.minitron.importance:STAGE",
     "prune": "climb_hpc.minitron.prune:STAGE",
     "distill": "climb_hpc.minitron.distill:STAGE",
+    "report": "climb_hpc.report.stage:STAGE",
     # diagnostics that prove a cluster setup end to end (climb_hpc/selftest.py)
     "noop": "climb_hpc.selftest:NOOP",
     "counter": "climb_hpc.selftest:COUNTER",

@@ -1,0 +1,170 @@
+"""What every report section shares: the run folder (read only), the options, safe readers, PNG output.
+
+Readers raise ``ReportDataError`` naming the file on a corrupt input; the page builder turns any error in
+a section into a note, so a broken file never stops the report. Nothing here creates a folder in the run
+but ``report/``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from climb_hpc.report.page import Section  # noqa: E402
+from climb_hpc.rundir import atomic_write  # noqa: E402
+
+#: Defaults of the report's options (``climb-hpc report run_dir=DIR max_points=N dpi=N top_trials=N``).
+DEFAULTS = {"max_points": 5000, "dpi": 100, "top_trials": 5}
+
+
+class ReportDataError(RuntimeError):
+    """A run-folder file the report needs is unreadable or not what its stage writes."""
+
+
+@dataclass
+class Ctx:
+    """The run folder being reported on and the report's options."""
+
+    run: Path
+    cfg: dict[str, Any]                       # the run's config.yaml as plain data ({} if unreadable)
+    cfg_error: Optional[str] = None           # why config.yaml could not be read
+    max_points: int = DEFAULTS["max_points"]  # documents on the 2-D map
+    dpi: int = DEFAULTS["dpi"]
+    top_trials: int = DEFAULTS["top_trials"]  # proxy trials whose curves are drawn
+    pngs: list[Path] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return self.run / "report"
+
+    # ---------------------------------------------------------------- config
+    def conf(self, dotted: str, default: Any = None) -> Any:
+        """A config value by dotted key, ``default`` when any level is missing."""
+        node: Any = self.cfg
+        for k in dotted.split("."):
+            if not isinstance(node, dict) or k not in node:
+                return default
+            node = node[k]
+        return node
+
+    @property
+    def seed(self) -> int:
+        try:
+            return int(self.conf("seed", 0) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    def in_pipeline(self, stage: str) -> bool:
+        return stage in (self.conf("pipeline.stages") or [])
+
+    # ---------------------------------------------------------------- files
+    def has(self, rel: str) -> bool:
+        return (self.run / rel).exists()
+
+    def json(self, rel: str) -> Any:
+        """``<run>/<rel>`` parsed; ``ReportDataError`` when it is unreadable or not JSON."""
+        p = self.run / rel
+        try:
+            return json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ReportDataError(f"{rel}: unreadable ({type(e).__name__}: {e})") from None
+
+    def jsonl(self, rel: str) -> list[dict[str, Any]]:
+        """The records of a JSON-lines log; lines that do not parse (a torn last line) are skipped."""
+        try:
+            lines = (self.run / rel).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ReportDataError(f"{rel}: unreadable ({type(e).__name__}: {e})") from None
+        out = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def missing(self, sec: Section, stage: str, what: str) -> None:
+        """The one-line note of a section whose stage has not written its outputs."""
+        done = self.run / "_done" / stage
+        if (done / "_stage").exists():
+            sec.note(f"stage {stage} is complete, but {what} is missing", warn=True)
+        elif done.is_dir() or (self.run / "_failed" / stage).is_dir():
+            sec.note(f"stage {stage} not finished yet ({what} not found)")
+        else:
+            extra = "" if self.in_pipeline(stage) or not self.cfg else "; it is not in this run's pipeline.stages"
+            sec.note(f"stage {stage} not run yet ({what} not found{extra})")
+
+    # ---------------------------------------------------------------- figures
+    def figure(self, sec: Section, fig: Figure, name: str, alt: str, caption: str = "") -> bytes:
+        """Render ``fig`` to PNG, write it to ``<run>/report/<name>`` (atomically) and inline it in ``sec``."""
+        png = png_bytes(fig, self.dpi)
+        self.save_png(name, png)
+        sec.image(png, alt, caption)
+        return png
+
+    def save_png(self, name: str, png: bytes) -> None:
+        path = self.out / name
+        atomic_write(path, png)
+        self.pngs.append(path)
+
+
+def png_bytes(fig: Figure, dpi: int) -> bytes:
+    """A figure as PNG bytes, without the (version-dependent) Software tag: same figure, same bytes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def message(ax: Any, text: str) -> None:
+    """Grey boxed text in place of a plot."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def safetensors_params(folder: Path) -> Optional[int]:
+    """Parameters stored in a checkpoint's ``*.safetensors`` files, read from their headers (no torch).
+
+    Tied embeddings are stored once by ``save_pretrained``, so this counts unique parameters. None when
+    the folder holds no safetensors file."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                raise ReportDataError(f"{f.name}: truncated safetensors file")
+            n = struct.unpack("<Q", head)[0]
+            if n > 100_000_000:
+                raise ReportDataError(f"{f.name}: implausible safetensors header size {n}")
+            try:
+                header = json.loads(fh.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ReportDataError(f"{f.name}: bad safetensors header ({e})") from None
+        for k, v in header.items():
+            if k != "__metadata__":
+                total += math.prod(int(d) for d in v["shape"])
+    return total
