@@ -45,10 +45,15 @@ def cmd_run(args: list[str]) -> int:
     if cfg.get("dry_run"):
         print(f"dry run: nothing submitted; scripts in {RunDir(cfg.run_dir).path / 'sbatch'}")
         return 0
+    from climb_hpc.summary import summary_lines
+
     print(f"\nrun folder: {RunDir(cfg.run_dir).path}  ({time.time() - t0:.1f} s)")
     for r in results:
         what = "already complete" if r.ran == 0 else f"ran {r.ran} task(s) in {r.seconds:.1f} s"
         print(f"  {r.name:<10} {r.num_tasks:>6} task(s)  {what}")
+    lines = summary_lines(cfg.run_dir)
+    if lines:
+        print("\n" + "\n".join(lines))
     return 0
 
 

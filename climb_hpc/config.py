@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 #: Keys a resumed run may change: where and how it runs, not what it computes.
-RUNTIME_KEYS = ("cluster", "run_dir", "until", "dry_run", "format", "progress")
+RUNTIME_KEYS = ("cluster", "run_dir", "until", "dry_run", "format", "progress", "plan")
 
 
 class ConfigError(ValueError):

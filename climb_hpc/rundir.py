@@ -37,13 +37,26 @@ class RunDirLocked(RuntimeError):
     """Another controller holds the run folder."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: PathLike, data: Union[str, bytes]) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename."""
+    """Write ``data`` to ``path`` via a temp file + fsync + rename.
+
+    The file gets the mode a plain ``open`` would (0666 less the umask), not mkstemp's 0600, so a run
+    folder shared with a project group stays readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()

@@ -72,3 +72,18 @@ def test_resume_refuses_a_different_config(tmp_path):
     with pytest.raises(ConfigError, match="seed"):
         open_run(make_cfg(tmp_path, "pipeline=selftest", "seed=2"))
     open_run(make_cfg(tmp_path, "pipeline=selftest", "seed=1", "cluster=debug"))  # where it runs may change
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp makes 0600 files; a run folder shared with a project group must stay readable."""
+    import os
+
+    from climb_hpc.rundir import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "plain").write_text("x")
+        atomic_write(tmp_path / "atomic", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "atomic").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o644

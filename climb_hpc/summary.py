@@ -1,0 +1,104 @@
+"""The few lines `climb-hpc run` closes with: what the run found, read back from its run folder.
+
+Every line comes from a stage's own summary file, and a stage that has not run is left out, so the
+summary of a partial run (``until=refine``) is simply shorter. Nothing here is needed by a stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from climb_hpc.rundir import RunDir, read_json
+
+
+def _read(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return read_json(path, default=None)
+    except ValueError:  # a half-written file is a missing one here; the stage itself reports it
+        return None
+
+
+def _params(n: Optional[int]) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
+
+
+def _shape(s: dict[str, Any]) -> str:
+    heads = f"{s.get('num_attention_heads')}/{s.get('num_key_value_heads')} heads"
+    return (f"{s.get('num_hidden_layers')} layers x {s.get('hidden_size')} wide, MLP {s.get('intermediate_size')}, "
+            f"{heads}")
+
+
+def _losses(m: Optional[dict[str, Any]]) -> str:
+    """'val lm 4.91 (before 5.30)' from a Minitron phase's metrics.json."""
+    if not m or not m.get("val_after"):
+        return "val ?"
+    before = m.get("val_before") or {}
+    parts = []
+    for k, v in m["val_after"].items():
+        b = before.get(k)
+        parts.append(f"{k} {v:.4f}" + (f" (before {b:.4f})" if isinstance(b, (int, float)) else ""))
+    return "val " + ", ".join(parts)
+
+
+def corpus_lines(run: Path) -> list[str]:
+    out = []
+    ingest, tok, refine = (_read(run / "ingest" / "summary.json"), _read(run / "tokenize" / "summary.json"),
+                           _read(run / "refine" / "clusters.json"))
+    if ingest:
+        out.append(f"corpus      {ingest.get('docs_written', 0):,} docs ({ingest.get('docs_quarantined', 0):,} "
+                   "quarantined)" + (f", {tok['doc_tokens']:,} tokens" if tok else ""))
+    if refine:
+        out.append(f"clusters    {refine.get('final_clusters')} final, from {refine.get('initial_clusters')} k-means "
+                   f"clusters; {refine.get('pruned_docs', 0):,} docs dropped by quality")
+    return out
+
+
+def mixture_lines(run: Path) -> list[str]:
+    res = _read(run / "search" / "result.json")
+    if not res or not res.get("best"):
+        return []
+    best, lower = res["best"], res.get("direction", "lower") == "lower"
+    weights = {int(c): float(w) for c, w in best["weights"].items()}
+    top = ", ".join(f"c{c}: {w:.2f}" for c, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w >= 0.005)
+    kind = (res.get("target") or {}).get("kind", "target")
+    line = [f"mixture     best of {len(res.get('trials', []))} proxy trials: {top}",
+            f"            {kind} = {best['value']:.4f} ({'lower' if lower else 'higher'} is better)"]
+    for name, ref in (res.get("references") or {}).items():
+        v = ref.get("value")
+        if isinstance(v, (int, float)):
+            gain = (v - best["value"]) if lower else (best["value"] - v)
+            line.append(f"            vs {name} {v:.4f}: {'better' if gain > 0 else 'NOT better'} by {abs(gain):.4f}")
+    return line
+
+
+def minitron_lines(run: Path) -> list[str]:
+    out = []
+    for label, folder, metrics in (("teacher", "teacher", run / "correct" / "metrics.json"),
+                                   ("student", "student", run / "distill" / "metrics.json")):
+        cfg = _read(run / folder / "config.json")
+        if cfg is None:
+            continue
+        out.append(f"{label:<12}{_shape(cfg)}; {_losses(_read(metrics))}")
+    prune = _read(run / "prune" / "summary.json")
+    if prune:
+        p = prune["params"]
+        dropped = prune.get("kept", {}).get("dropped_layers") or []
+        out.append(f"pruned      {_params(p['before'])} -> {_params(p['after'])} parameters ({p['ratio']:.0%})"
+                   + (f"; dropped layers {dropped}" if dropped else ""))
+    return out
+
+
+def summary_lines(run_dir: str | Path) -> list[str]:
+    run = RunDir(run_dir).path
+    lines = []
+    for part in (corpus_lines, mixture_lines, minitron_lines):
+        try:
+            lines += part(run)
+        except (KeyError, TypeError, ValueError) as e:  # a summary must never fail a finished run
+            lines.append(f"({part.__name__.split('_')[0]}: no summary, {type(e).__name__}: {e})")
+    if (run / "report.html").is_file():
+        lines.append(f"report      {run / 'report.html'}")
+    return lines
