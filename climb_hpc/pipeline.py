@@ -97,10 +97,8 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
             return None
         stage.drive(cfg, rd, executor)
         return _complete(cfg, rd, stage, 0, 0, t0)
-    n = stage.num_tasks(cfg, rd)
-    res = stage_resources(cfg, stage)
+    n, res = prepare_stage(cfg, rd, stage)
     todo = [t for t in range(n) if not rd.is_done(stage.name, t)]
-    rd.update_manifest(stages={stage.name: {"num_tasks": n, "resources": res.__dict__}})
     ran = len(todo)
     if todo:
         log.info("stage %s: %d of %d tasks to run (%s)", stage.name, len(todo), n, executor.describe(res))
@@ -123,6 +121,34 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
             + "\nFix the cause and run the same command again: finished tasks are kept."
         )
     return _complete(cfg, rd, stage, n, ran, t0)
+
+
+def prepare_stage(cfg: DictConfig, rd: RunDir, stage: Stage) -> tuple[int, Resources]:
+    """Plan a stage before its tasks run: its task count and resources, recorded in the manifest.
+
+    Planning may create what the tasks share, once (embed: ``layout.json`` and the Zarr array's metadata),
+    so it runs in the controller, or under the run folder's lock for a hand launch (``climb_hpc.task``)."""
+    n = stage.num_tasks(cfg, rd)
+    res = stage_resources(cfg, stage)
+    rd.update_manifest(stages={stage.name: {"num_tasks": n, "resources": res.__dict__}})
+    return n, res
+
+
+def finalize_stage(cfg: DictConfig, rd: RunDir, stage: Stage) -> StageResult:
+    """Complete a stage whose tasks were launched by hand: every task must have its marker; then the
+    stage's finalize and its stage marker, as the controller does after its array."""
+    t0 = time.time()
+    n, _ = prepare_stage(cfg, rd, stage)  # the same plan (a changed one is refused by the stage)
+    missing = [t for t in range(n) if not rd.is_done(stage.name, t)]
+    if missing:
+        failed = rd.failures(stage.name)
+        errors = [f"\n  task {t}: {(failed[t].get('error') or 'failed').splitlines()[0]}  (log: {failed[t].get('log')})"
+                  for t in missing[:10] if t in failed]
+        raise StageFailed(
+            f"stage {stage.name}: {len(missing)} of {n} task(s) have no completion marker: "
+            + ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "") + "".join(errors)
+            + "\nRun them again (tasks with a marker skip), then finalize again.")
+    return _complete(cfg, rd, stage, n, 0, t0)
 
 
 def _complete(cfg: DictConfig, rd: RunDir, stage: Stage, n: int, ran: int, t0: float) -> StageResult:

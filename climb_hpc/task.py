@@ -11,6 +11,12 @@ Run as a program by the local executor, or by hand under srun (slurm/distill_32n
 Under an srun of several tasks it takes the ranks from Slurm's environment; after saving on a
 preemption signal it exits 75 and rank 0 leaves ``_preempted/<stage>/<task>``, which the sbatch
 script turns into a requeue (srun's own exit code is not reliable once it has killed the other ranks).
+
+A stage's tasks launched by hand as an array (slurm/embed_array.sbatch) need what the controller does
+around its own array, under the run folder's lock:
+
+    python -m climb_hpc.task RUN_DIR STAGE prepare     # plan it once (embed: layout + Zarr metadata); prints N
+    python -m climb_hpc.task RUN_DIR STAGE finalize    # after tasks 0..N-1: checks, merges, the stage marker
 """
 
 from __future__ import annotations
@@ -59,9 +65,56 @@ def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = 
     return "done"
 
 
+def hand_launch(run_dir: str, stage_name: str, action: str) -> int:
+    """``prepare`` (returns the task count) or ``finalize`` a stage whose tasks are launched by hand."""
+    import contextlib
+
+    from climb_hpc.config import ConfigError
+    from climb_hpc.pipeline import finalize_stage, prepare_stage
+    from climb_hpc.stage import get_stage
+
+    with RunDir(run_dir) as rd:
+        cfg = rd.load_config()
+        stage = get_stage(stage_name)
+        names = list(cfg.pipeline.stages)
+        if stage_name not in names or stage.drive is not None:
+            raise ConfigError(f"{stage_name} is not an array stage of this run's pipeline ({', '.join(names)})")
+        before = [s for s in names[: names.index(stage_name)] if not rd.stage_complete(s)]
+        if before:
+            raise ConfigError(f"stage {stage_name} needs the stages before it; not complete: {', '.join(before)}. "
+                              f"Run them first: climb-hpc run run_dir={rd.path} until={before[-1]} (with the "
+                              "overrides the run was started with)")
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answer alone
+            if action == "prepare":
+                n, _ = prepare_stage(cfg, rd, stage)
+            elif rd.stage_complete(stage_name):
+                n = -1
+                log.info("stage %s is already complete", stage_name)
+            else:
+                n = finalize_stage(cfg, rd, stage).num_tasks
+                log.info("stage %s complete: %d task(s)", stage_name, n)
+    return n
+
+
 def main(argv: list[str]) -> int:
-    run_dir, stage_name, task = argv[0], argv[1], int(argv[2])
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if argv[2] in ("prepare", "finalize"):
+        from climb_hpc.config import ConfigError
+        from climb_hpc.pipeline import StageFailed
+        from climb_hpc.rundir import RunDirLocked
+
+        try:
+            n = hand_launch(argv[0], argv[1], argv[2])
+        except (ConfigError, RunDirLocked, FileNotFoundError, StageFailed) as e:
+            print(f"climb_hpc.task: error: {e}", file=sys.stderr)
+            return 2 if not isinstance(e, StageFailed) else 1
+        if argv[2] == "prepare":
+            print(n)
+        return 0
+    run_dir, stage_name, task = argv[0], argv[1], int(argv[2])
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
         from climb_hpc.scheduler.distributed import slurm_env  # a hand launch: srun ... -m climb_hpc.task
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -89,13 +91,14 @@ class SlurmExecutor(Executor):
         for i in range(0, len(tasks), size):
             chunk = tasks[i:i + size]
             ex.update_parameters(dependency=f"afterany:{previous}" if previous else None)
-            submitted = ex.map_array(fn, chunk)
-            previous = submitted[0].job_id.split("_")[0]
-            jobs.update(zip(chunk, (j.job_id for j in submitted), strict=True))
+            with deferred_termination():  # an array is recorded as soon as it exists (see there)
+                submitted = ex.map_array(fn, chunk)
+                previous = submitted[0].job_id.split("_")[0]
+                jobs.update(zip(chunk, (j.job_id for j in submitted), strict=True))
+                recorded = read_json(self._jobs_file(stage), default={})
+                recorded.update({str(t): submitted[k].job_id for k, t in enumerate(chunk)})
+                atomic_write_json(self._jobs_file(stage), recorded)
             log.info("stage %s: submitted %d task(s) as job %s", stage.name, len(chunk), previous)
-        recorded = read_json(self._jobs_file(stage), default={})
-        recorded.update({str(t): j for t, j in jobs.items()})
-        atomic_write_json(self._jobs_file(stage), recorded)
         return jobs
 
     def _attach(self, stage: Stage, tasks: list[int]) -> dict[int, str]:
@@ -161,6 +164,30 @@ def outside_job_env() -> Iterator[None]:
         yield
     finally:
         os.environ.update(hidden)
+
+
+@contextlib.contextmanager
+def deferred_termination(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Hold SIGTERM / SIGINT back while an array is submitted and its job ids recorded, then deliver them.
+
+    A controller stopped in between (its own job requeued or preempted: Slurm's SIGTERM; Ctrl-C) would leave
+    an array that the run folder does not know of: the restarted controller would submit the same tasks
+    again, two attempts writing the same outputs at once. Only in the main thread (where Python runs
+    signal handlers); elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signums}
+    for s in signums:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(caught):
+            os.kill(os.getpid(), s)
 
 
 def queue_states(job_ids: Iterable[str]) -> dict[str, str]:

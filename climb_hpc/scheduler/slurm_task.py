@@ -34,7 +34,16 @@ class SlurmTask(submitit.helpers.Checkpointable):
         log_path = str(env.paths.stdout)
         if env.global_rank == 0:
             _link(Path(self.run_dir) / "logs" / self.stage / f"task_{task:05d}.log", Path(log_path))
-        requeue = preempt.install_handler(signal.SIGUSR2) if self.checkpointable else None
+        if self.checkpointable:
+            requeue = preempt.install_handler(signal.SIGUSR2)
+        else:
+            # submitit ignores SIGTERM so that a checkpointing task can finish saving. A plain task has nothing
+            # to save: when its job is requeued, cancelled or preempted, Slurm's SIGTERM means its work is lost,
+            # so it stops at once. Ignoring it let the process outlive the batch shell that died on the same
+            # SIGTERM: orphaned, it escaped the SIGKILL after KillWait where Slurm tracks processes by parentage
+            # (proctrack/linuxproc), and ran on next to the requeued attempt: two writers of the same outputs.
+            requeue = None
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             return execute(self.run_dir, self.stage, task, log_path=log_path)
         except preempt.Preempted:
@@ -43,6 +52,10 @@ class SlurmTask(submitit.helpers.Checkpointable):
             requeue(signal.SIGUSR2, None)  # submitit: checkpoint() + scontrol requeue + exit (rank 0)
             time.sleep(300)  # other ranks: rank 0's requeue ends this process
             sys.exit(1)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: temporary outputs are removed, no marker is written
 
 
 def _link(link: Path, target: Path) -> None:
