@@ -49,7 +49,12 @@ def cmd_run(args: list[str]) -> int:
 
     print(f"\nrun folder: {RunDir(cfg.run_dir).path}  ({time.time() - t0:.1f} s)")
     for r in results:
-        what = "already complete" if r.ran == 0 else f"ran {r.ran} task(s) in {r.seconds:.1f} s"
+        if r.skipped:
+            what = "already complete"
+        elif r.num_tasks:
+            what = f"ran {r.ran} task(s) in {r.seconds:.1f} s"
+        else:  # a driver stage (search, report): its own work, or its sub-stages' arrays above
+            what = f"done in {r.seconds:.1f} s"
         print(f"  {r.name:<10} {r.num_tasks:>6} task(s)  {what}")
     lines = summary_lines(cfg.run_dir)
     if lines:

@@ -83,6 +83,7 @@ class StageResult:
     num_tasks: int
     ran: int
     seconds: float
+    skipped: bool = False  # complete before this launch: nothing was done
 
 
 def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> Optional[StageResult]:
@@ -173,7 +174,8 @@ def run_pipeline(cfg: DictConfig) -> list[StageResult]:
         for name in names:
             if rd.stage_complete(name):
                 log.info("stage %s: already complete, skipped", name)
-                results.append(StageResult(name, rd.manifest().get("stages", {}).get(name, {}).get("num_tasks", 0), 0, 0.0))
+                results.append(StageResult(name, rd.manifest().get("stages", {}).get(name, {}).get("num_tasks", 0), 0, 0.0,
+                                           skipped=True))
                 continue
             r = run_stage(cfg, rd, get_stage(name), executor)
             if r is None:  # dry run: later stages need this one's outputs

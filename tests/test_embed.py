@@ -74,7 +74,8 @@ def test_embeddings_match_sentence_transformers(tmp_path):
     data = _slice(tmp_path)
     run = tmp_path / "run"
     run_pipeline(make_cfg(run, "cluster=debug", "until=embed", f"corpus.paths=[{data}]", "embed.rows_per_shard=16",
-                          "embed.chunk_rows=8", "embed.batch_size=8", "embed.sort_window=2"))
+                          "embed.chunk_rows=8", "embed.batch_size=8", "embed.sort_window=2",
+                          "embed.max_length=256"))  # sentence-transformers' own length for MiniLM
     rd = RunDir(run)
     docs = [r for _, t in iter_doc_shards(rd, ["id", "text"]) for r in t.to_pylist()]
     rows = dict(zip(*load_id_to_row(rd).to_pydict().values(), strict=True))
