@@ -89,7 +89,7 @@ class Section:
         """A table; numbers right-aligned and formatted with ``fmt``. Beyond ``limit`` rows, the rest go into
         a collapsed ``<details>`` block."""
         def render(rs: Sequence[Sequence[Any]], hl: Sequence[bool]) -> str:
-            out = ["<table><thead><tr>", *(f"<th>{esc(h)}</th>" for h in header), "</tr></thead><tbody>"]
+            out = ["<table><thead><tr>", *(f"<th scope=\"col\">{esc(h)}</th>" for h in header), "</tr></thead><tbody>"]
             for i, r in enumerate(rs):
                 out.append('<tr class="hl">' if i < len(hl) and hl[i] else "<tr>")
                 for v in r:
