@@ -46,11 +46,12 @@ def test_small_case_equals_a_hand_computation(tmp_path):
     plan = plan_of(
         *SMALL, "plan.corpus_tokens=1e9", "plan.tokens_per_doc=500", "plan.overhead_s.gpu_task=10",
         "plan.overhead_s.multinode_job=100", "embed.model=/nonexistent/encoder", "plan.models.encoder.params=1e8",
-        "plan.models.encoder.dim=256", "embed.gpus=1", "embed.cpus=2", "plan.mfu.encoder=0.5",
-        "search.budget=7", "proxy.gpus=1", "proxy.cpus=2", "plan.mfu.proxy=0.25",
+        "plan.models.encoder.dim=256", "embed.max_length=256", "embed.gpus=1", "embed.cpus=2", "plan.mfu.encoder=0.5",
+        "search.budget=7", "proxy.tokens=1000000", "proxy.gpus=1", "proxy.cpus=2", "plan.mfu.proxy=0.25",
         f"minitron.teacher.path={teacher}", "minitron.correct.tokens=1e6", "minitron.correct.nodes=2",
         "minitron.correct.tasks_per_node=2", "minitron.correct.gpus=1", "plan.mfu.llm=0.35",
-        "minitron.distill.tokens=1e6", "minitron.prune.intermediate_size=128", "minitron.prune.depth.drop=1")
+        "minitron.distill.tokens=1e6", "minitron.prune.intermediate_size=128", "minitron.prune.depth.drop=1",
+        "minitron.prune.hidden_size=null", "minitron.importance.seq_len=128")
 
     # embed: 2e6 docs, truncated to embed.max_length=256 tokens, 2 FLOP a parameter a token
     e = row(plan, "embed")

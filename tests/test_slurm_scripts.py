@@ -115,8 +115,10 @@ def controller_run(tmp_path_factory, request) -> Path:
 
 @on_slurm
 def test_controller_job_runs_a_small_real_run_to_the_end(controller_run):
-    stages = status(controller_run)
-    assert list(stages) == ["ingest", "embed", "quality", "kmeans", "assign", "refine", "tokenize"]
+    every = status(controller_run)
+    first = ["ingest", "embed", "quality", "kmeans", "assign", "refine", "tokenize"]
+    assert list(every)[:7] == first and not any(s["complete"] or s["done"] for k, s in every.items() if k not in first)
+    stages = {k: every[k] for k in first}  # until=tokenize: the later stages of the default pipeline wait
     assert all(s["complete"] and s["failed"] == 0 and s["done"] == s["total"] for s in stages.values()), stages
     assert stages["embed"]["total"] == 3 and _zarr(controller_run / "embed" / "embeddings.zarr").shape == (280, 384)
     cfg = RunDir(controller_run).load_config()
