@@ -19,7 +19,6 @@ import json
 import math
 import re
 import shlex
-import struct
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc.config import ConfigError, config_dir
+from climb_hpc.safetensors_header import stored_params
 from climb_hpc.stage import Resources
 
 # names Slurm accepts for reservations, partitions, accounts, users (as climb_hpc.scheduler.slurm_options)
@@ -221,20 +221,12 @@ def read_json(path: Path) -> Optional[dict]:
         return None
 
 
-def safetensors_params(folder: Path, skip: str = "embed") -> Optional[int]:
-    """Parameters in a folder's ``*.safetensors`` files (headers only), tensors named ``*skip*`` left out."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    n = 0
+def safetensors_params(folder: Path) -> Optional[int]:
+    """Matmul parameters of a checkpoint (embeddings excluded) from its safetensors headers; None if unreadable."""
     try:
-        for f in files:
-            with open(f, "rb") as fh:
-                header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
-            n += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__" and skip not in k)
-    except (OSError, ValueError, KeyError, struct.error):
+        return stored_params(folder, skip="embed")
+    except (OSError, ValueError):
         return None
-    return n
 
 
 def encoder(cfg: DictConfig, led: Ledger) -> tuple[float, int]:

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from climb_hpc.report.common import Ctx, ReportDataError, finite, safetensors_params
+from climb_hpc.report.common import Ctx, ReportDataError, finite
 from climb_hpc.report.page import Section
+from climb_hpc.safetensors_header import stored_params
 
 DIMS = (("hidden size", "hidden_size"), ("MLP intermediate size", "intermediate_size"),
         ("attention heads", "num_attention_heads"), ("KV heads", "num_key_value_heads"), ("head dim", "head_dim"),
@@ -104,7 +105,7 @@ def section(ctx: Ctx) -> Section:
     params: dict[str, Any] = {}
     for label, folder in MODELS:
         try:
-            params[label] = safetensors_params(ctx.run / folder) if (ctx.run / folder).is_dir() else None
+            params[label] = stored_params(ctx.run / folder) if (ctx.run / folder).is_dir() else None
         except (OSError, ReportDataError, KeyError, TypeError, ValueError) as e:
             params[label] = None
             sec.note(f"{folder}/: parameters not counted ({type(e).__name__}: {e})", warn=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,30 +140,3 @@ def message(ax: Any, text: str) -> None:
 
 def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def safetensors_params(folder: Path) -> Optional[int]:
-    """Parameters stored in a checkpoint's ``*.safetensors`` files, read from their headers (no torch).
-
-    Tied embeddings are stored once by ``save_pretrained``, so this counts unique parameters. None when
-    the folder holds no safetensors file."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            head = fh.read(8)
-            if len(head) != 8:
-                raise ReportDataError(f"{f.name}: truncated safetensors file")
-            n = struct.unpack("<Q", head)[0]
-            if n > 100_000_000:
-                raise ReportDataError(f"{f.name}: implausible safetensors header size {n}")
-            try:
-                header = json.loads(fh.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ReportDataError(f"{f.name}: bad safetensors header ({e})") from None
-        for k, v in header.items():
-            if k != "__metadata__":
-                total += math.prod(int(d) for d in v["shape"])
-    return total
