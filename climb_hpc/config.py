@@ -12,12 +12,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from climb_hpc.errors import ConfigError  # re-exported: most modules import it from here
+
+__all__ = ["ConfigError", "compose", "config_dir", "differing_keys", "section"]
+
 #: Keys a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_KEYS = ("cluster", "run_dir", "until", "dry_run", "format", "progress", "plan")
 
 
-class ConfigError(ValueError):
-    """A config value is wrong; the message says which and what to do."""
 
 
 def config_dir() -> Path:
