@@ -19,7 +19,8 @@ import sys
 import time
 
 from climb_hpc.config import ConfigError
-from climb_hpc.rundir import RunDir, RunDirLocked
+from climb_hpc.errors import UserError, one_line
+from climb_hpc.rundir import RunDir
 
 USAGE = __doc__.strip()
 log = logging.getLogger("climb_hpc")
@@ -36,10 +37,10 @@ def _kv(args: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: list[str]) -> int:
-    from climb_hpc.config import compose
+    from climb_hpc.config import compose_for_run
     from climb_hpc.pipeline import run_pipeline
 
-    cfg = compose(args)
+    cfg = compose_for_run(args)
     t0 = time.time()
     results = run_pipeline(cfg)
     if cfg.get("dry_run"):
@@ -77,6 +78,9 @@ def cmd_status(args: list[str]) -> int:
         total = "?" if r["total"] is None else r["total"]
         state = "complete" if r["complete"] else ("failed" if r["failed"] else ("running" if r["done"] else "waiting"))
         print(f"{r['stage']:<12}{r['done']:>8}{total:>8}{r['failed']:>8}  {state}")
+        if r["stage_failure"]:
+            f = r["stage_failure"]
+            print(f"    {f.get('step', 'stage')} failed: {(f.get('error') or '').splitlines()[0]}")
         for f in r["failures"][:5]:
             print(f"    task {f['task']}: {f['error']}\n      log: {f['log']}")
     return 0
@@ -152,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, RunDirLocked, FileNotFoundError) as e:
-        print(f"climb-hpc: error: {e}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as e:  # the user's to fix: one line, no traceback
+        print(f"climb-hpc: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except StageFailed as e:
         print(f"climb-hpc: {e}", file=sys.stderr)

@@ -6,7 +6,9 @@ API rather than ``@hydra.main`` because the run folder, not Hydra's output dir, 
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +40,93 @@ def config_dir() -> Path:
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``configs/config.yaml`` with Hydra overrides such as ``cluster=slurm corpus.paths=[a,b]``."""
+    """Compose ``configs/config.yaml`` with Hydra overrides such as ``cluster=slurm corpus.paths=[a,b]``.
+
+    Every key must exist in the config tree (``+key=`` too): an unknown key fails with the nearest valid
+    keys named. Keys of the open maps (``cluster.stage_resources``, ``cluster.extra_sbatch`` ...) are
+    the user's and need no ``+``. The result is validated (:mod:`climb_hpc.validate`) before it is
+    returned, so nothing is written for a config with a wrong value."""
+    from climb_hpc.validate import under_open_map, validate
+
+    parsed = _parse(overrides)
+    groups = _config_groups()
+    for o in parsed:
+        if o.key_or_group in groups and not o.is_delete():
+            _check_option(o.key_or_group, o.value())
+    selections = [raw for raw, o in zip(overrides, parsed, strict=True) if o.key_or_group in groups and not o.is_delete()]
+    defaults = _hydra_compose(selections)  # the tree the user's keys must exist in, and the values' types
+    final: list[str] = []
+    for raw, o in zip(overrides, parsed, strict=True):
+        key = o.key_or_group
+        if key in groups:
+            final.append(raw)
+        elif under_open_map(key):
+            final.append(raw if o.is_delete() else "++" + raw.lstrip("+"))
+        elif o.is_delete():
+            raise ConfigError(f"{raw}: deleting a key is not supported; set it to null instead ({key}=null)")
+        else:
+            _check_known(defaults, key)
+            final.append(raw.lstrip("+"))
+    cfg = _hydra_compose(final, defaults)
+    OmegaConf.set_struct(cfg, False)
+    validate(cfg, defaults)
+    return cfg
+
+
+#: Keys that belong to one launch and never carry over from the saved config on a resume.
+PER_LAUNCH_KEYS = ("until", "dry_run")
+
+
+def compose_for_run(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config of a launch: ``compose(overrides)`` for a new run folder; for an existing one, the config
+    it was saved with, changed only at the keys given now (a key, or a whole group for ``cluster=slurm``).
+
+    So a run resumes with ``climb-hpc run run_dir=X`` alone, and a resume that repeats the first launch's
+    overrides changes nothing."""
+    from climb_hpc.rundir import RunDir
+    from climb_hpc.validate import validate
+
+    cfg = compose(overrides)
+    rd = RunDir(cfg.run_dir)
+    if not rd.exists():
+        return cfg
+    merged = rd.load_config()
+    OmegaConf.set_struct(merged, False)
+    given = {o.key_or_group.lstrip("~") for o in _parse(overrides)} | set(PER_LAUNCH_KEYS) | {"run_dir"}
+    for key in sorted(given):
+        value = OmegaConf.select(cfg, key, default=None)
+        OmegaConf.update(merged, key, value, merge=False, force_add=True)
+    validate(merged)
+    return merged
+
+
+def _parse(overrides: Sequence[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    out = []
+    for raw in overrides:
+        try:
+            out += parser.parse_overrides([raw])
+        except HydraException as e:
+            raise ConfigError(f"cannot read the override {raw!r}: {str(e).splitlines()[0]} "
+                              "(write key=value; quote values with spaces or special characters)") from None
+    return out
+
+
+def _check_option(group: str, option: object) -> None:
+    options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    if not isinstance(option, str) or option not in options:
+        raise ConfigError(f"{group}={option}: no such {group} config; choose one of {', '.join(options)} "
+                          f"(files in {config_dir() / group})")
+
+
+def _config_groups() -> set[str]:
+    return {p.name for p in config_dir().iterdir() if p.is_dir()}
+
+
+def _hydra_compose(overrides: Sequence[str], defaults: DictConfig | None = None) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -46,11 +134,37 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            return hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"bad config override: {e}") from None
-    OmegaConf.set_struct(cfg, False)
-    return cfg
+        message = str(e)
+        m = re.search(r"Could not override '([^']+)'", message)
+        if m and defaults is not None:
+            _check_known(defaults, m.group(1))
+        raise ConfigError(f"bad config override: {message.splitlines()[0]}") from None
+
+
+_ABSENT = object()
+
+
+def _check_known(defaults: DictConfig, key: str) -> None:
+    """ConfigError naming the nearest valid keys unless ``key`` exists in the config tree."""
+    if OmegaConf.select(defaults, key, default=_ABSENT) is not _ABSENT:
+        return
+    keys = _all_keys(OmegaConf.to_container(defaults))
+    leaf = key.rsplit(".", 1)[-1]
+    near = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    near += [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.6) if k not in near]
+    hint = f"; did you mean {' or '.join(near[:3])}?" if near else ""
+    raise ConfigError(f"unknown config key {key!r}{hint} (the keys and their defaults are in {config_dir()})")
+
+
+def _all_keys(node: object, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.append(f"{prefix}{k}")
+            out += _all_keys(v, f"{prefix}{k}.")
+    return out
 
 
 def differing_keys(saved: DictConfig, new: DictConfig) -> list[str]:

@@ -5,10 +5,13 @@ Stages are named in ``cfg.pipeline.stages`` and looked up in ``climb_hpc.stage.R
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
+import shutil
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -16,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc import __version__
 from climb_hpc.config import ConfigError, differing_keys
+from climb_hpc.errors import UserError, one_line
 from climb_hpc.rundir import RunDir
 from climb_hpc.stage import Resources, Stage, get_stage
 
@@ -27,6 +31,25 @@ log = logging.getLogger("climb_hpc")
 
 class StageFailed(RuntimeError):
     """Tasks of a stage still failed after the allowed retries."""
+
+
+class StageInputError(UserError):
+    """Tasks of a stage failed on the user's input or config (retrying cannot help): one line, rc 2."""
+
+
+#: The stage that first reads each config section; a changed key affects that stage and all after it.
+#: Most specific prefix first. Keys not listed affect the first stage of the pipeline.
+CONFIG_READERS: tuple[tuple[str, str], ...] = (
+    ("corpus", "ingest"), ("seed", "ingest"), ("embed", "embed"), ("quality", "quality"),
+    ("clusters.kmeans", "kmeans"), ("clusters.assign", "assign"), ("clusters.refine", "refine"),
+    ("tokenize", "tokenize"), ("proxy", "search"), ("target", "search"), ("search", "search"), ("mix", "mix"),
+    ("minitron.importance", "importance"), ("minitron.prune", "prune"), ("minitron.distill", "distill"),
+    ("minitron", "correct"), ("selftest.counter_tasks", "counter"), ("selftest.steps", "counter"),
+    ("selftest.step_s", "counter"), ("selftest.ckpt_every", "counter"), ("selftest.dist_nodes", "dist"),
+    ("selftest", "noop"),
+)
+#: Folders a stage family owns besides its own (the search's proxy trials).
+OWNED_FAMILIES = {"search": "proxy"}
 
 
 def stage_names(cfg: DictConfig) -> list[str]:
@@ -57,19 +80,85 @@ def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:
     return res
 
 
-def open_run(cfg: DictConfig, rd: Optional[RunDir] = None) -> RunDir:
-    """Create the run folder, or check that a resumed run keeps the config it was started with.
+def check_config(cfg: DictConfig) -> list[str]:
+    """Everything about the config that can be checked before the run folder is touched: values, the stage
+    list, every stage's resources (and, on Slurm, its sbatch options). Returns the stages to run."""
+    from climb_hpc.validate import validate
 
-    Call it holding the run folder's lock: it writes config.yaml and the manifest."""
+    validate(cfg)
+    names = stage_names(cfg)
+    for name in names:
+        stage = get_stage(name)
+        res = stage_resources(cfg, stage)
+        if cfg.cluster.get("executor") == "slurm":
+            from climb_hpc.scheduler.slurm_options import submitit_parameters
+
+            submitit_parameters(cfg.cluster, res, job_name=f"climb-{name}", checkpointable=stage.checkpointable)
+    return names
+
+
+def _reader(key: str, names: list[str]) -> str:
+    for prefix, stage in CONFIG_READERS:
+        if (key == prefix or key.startswith(prefix + ".")) and stage in names:
+            return stage
+    return names[0]
+
+
+def affected_stages(changed: list[str], old: DictConfig, new: DictConfig) -> list[str]:
+    """The stages whose outputs depend on the changed keys: the first reader of any of them, and every
+    stage after it in the pipeline."""
+    names = list(new.pipeline.stages)
+    first = len(names)
+    for key in changed:
+        if key.split(".")[0] == "pipeline":
+            old_names = list(old.pipeline.stages)
+            same = next((i for i, (a, b) in enumerate(zip(old_names, names)) if a != b), min(len(old_names), len(names)))
+            first = min(first, same if same < len(old_names) else len(names))
+        else:
+            first = min(first, names.index(_reader(key, names)))
+    return names[first:]
+
+
+def _value(cfg: DictConfig, key: str) -> object:
+    v = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def open_run(cfg: DictConfig, rd: Optional[RunDir] = None, executor: Optional[Executor] = None) -> RunDir:
+    """Create the run folder, or resume one with the config it was started with.
+
+    A resumed run may change where and how it runs (cluster, until ...). It may change what it computes
+    only where no stage that depends on the change has completed: those stages are reset (their markers
+    and outputs removed) and run again with the new values. Call it holding the run folder's lock."""
     rd = rd or RunDir(cfg.run_dir)
     if rd.exists():
-        diff = differing_keys(rd.load_config(), cfg)
+        saved = rd.load_config()
+        diff = differing_keys(saved, cfg)
         if diff:
-            raise ConfigError(
-                f"run folder {rd.path} was started with a different config ({', '.join(diff[:8])} differ). "
-                "Resume it without those overrides, or start a new run with another run_dir=."
-            )
-        rd.save_config(cfg)  # only runtime keys (cluster, until, ...) can differ: record this launch's
+            shown = "; ".join(f"{k}: {_value(saved, k)!r} -> {_value(cfg, k)!r}" for k in diff[:6])
+            affected = affected_stages(diff, saved, cfg)
+            complete = [n for n in affected if rd.stage_complete(n)]
+            if complete:
+                raise ConfigError(
+                    f"run folder {rd.path} was started with other values ({shown}), and stage {complete[0]}, "
+                    f"which depends on them, is complete. Resume without changing them, or start a new run "
+                    f"with another run_dir=")
+            busy = [n for n in affected if executor is not None and executor.active_tasks(n)]
+            if busy:
+                raise ConfigError(f"the config changed ({shown}) but stage {busy[0]} still has jobs queued or "
+                                  "running from an earlier launch: cancel them (scancel) or let them end, then "
+                                  "run again")
+            reset = [n for n in affected if (rd.path / "_done" / n).exists() or (rd.path / n).exists()]
+            for n in reset:
+                rd.reset_stage(n)
+                if n in OWNED_FAMILIES:
+                    rd.reset_stage(OWNED_FAMILIES[n])
+            if reset:
+                log.warning("config changed (%s): stage(s) %s had not completed; they start again with the new "
+                            "values", shown, ", ".join(reset))
+            else:
+                log.info("config changed (%s): no stage that depends on it has started", shown)
+        rd.save_config(cfg)  # the launch's values: runtime keys, and changes accepted above
     else:
         rd.save_config(cfg)
         rd.update_manifest(created=time.time(), climb_hpc=__version__, python=platform.python_version(),
@@ -96,9 +185,11 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
             print(f"dry run: stage {stage.name} launches its arrays as it goes; it needs the earlier stages' "
                   "outputs, so nothing is written for it")
             return None
-        stage.drive(cfg, rd, executor)
+        with _recorded(rd, stage.name, "drive"):
+            stage.drive(cfg, rd, executor)
         return _complete(cfg, rd, stage, 0, 0, t0)
-    n, res = prepare_stage(cfg, rd, stage)
+    with _recorded(rd, stage.name, "prepare"):
+        n, res = prepare_stage(cfg, rd, stage)
     todo = [t for t in range(n) if not rd.is_done(stage.name, t)]
     ran = len(todo)
     if todo:
@@ -112,6 +203,7 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
         if executor.run_tasks(stage, todo, res) == "dry_run":
             return None
         todo = [t for t in todo if not rd.is_done(stage.name, t)]
+        _raise_user_errors(rd, stage.name, todo)
     if todo:
         failed = rd.failures(stage.name)
         lines = [f"  task {t}: {(failed.get(t) or {}).get('error', 'no marker written').splitlines()[0]}"
@@ -122,6 +214,27 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
             + "\nFix the cause and run the same command again: finished tasks are kept."
         )
     return _complete(cfg, rd, stage, n, ran, t0)
+
+
+@contextlib.contextmanager
+def _recorded(rd: RunDir, stage: str, step: str) -> Iterator[None]:
+    """Record a failure of the stage's own work (not a task's) for `climb-hpc status`, and re-raise it."""
+    try:
+        yield
+    except Exception as e:
+        user = isinstance(e, UserError)
+        rd.mark_stage_failed(stage, step, one_line(str(e)) if user else f"{type(e).__name__}: {e}", user)
+        raise
+
+
+def _raise_user_errors(rd: RunDir, stage: str, todo: list[int]) -> None:
+    """StageInputError when every failed task failed on the user's input or config."""
+    failed = rd.failures(stage)
+    errors = [failed.get(t) or {} for t in todo]
+    if todo and all(e.get("user_error") for e in errors):
+        more = f" ({len(todo) - 1} more task(s) failed the same way: climb-hpc status run_dir={rd.path})" if len(todo) > 1 else ""
+        raise StageInputError(f"stage {stage}, task {todo[0]}: {one_line(errors[0].get('error', ''))}{more}. "
+                              "Fix it and run the same command again: finished tasks are kept")
 
 
 def prepare_stage(cfg: DictConfig, rd: RunDir, stage: Stage) -> tuple[int, Resources]:
@@ -155,7 +268,9 @@ def finalize_stage(cfg: DictConfig, rd: RunDir, stage: Stage) -> StageResult:
 def _complete(cfg: DictConfig, rd: RunDir, stage: Stage, n: int, ran: int, t0: float) -> StageResult:
     """Finalize, then the stage marker (last: a marker means the outputs are complete)."""
     if stage.finalize is not None:
-        stage.finalize(cfg, rd)
+        with _recorded(rd, stage.name, "finalize"):
+            stage.finalize(cfg, rd)
+    shutil.rmtree(rd.path / "_tmp" / stage.name, ignore_errors=True)  # a temp never outlives its stage
     seconds = time.time() - t0
     rd.mark_stage_complete(stage.name, num_tasks=n, seconds=round(seconds, 3))
     rd.update_manifest(stages={stage.name: {"num_tasks": n, "completed": time.time()}})
@@ -166,11 +281,12 @@ def run_pipeline(cfg: DictConfig) -> list[StageResult]:
     """Run or resume the pipeline in ``cfg.run_dir``; finished tasks and stages are never rerun."""
     from climb_hpc.scheduler import make_executor
 
-    names = stage_names(cfg)
+    names = check_config(cfg)  # before anything is written: a wrong value leaves no trace to undo
     results: list[StageResult] = []
-    with RunDir(cfg.run_dir) as rd:  # the exclusive controller lock, before anything is written
-        open_run(cfg, rd)
-        executor = make_executor(cfg, rd)
+    executor = make_executor(cfg, RunDir(cfg.run_dir))
+    with RunDir(cfg.run_dir) as rd:  # the exclusive controller lock
+        executor.rd = rd
+        open_run(cfg, rd, executor)
         for name in names:
             if rd.stage_complete(name):
                 log.info("stage %s: already complete, skipped", name)
@@ -193,12 +309,14 @@ def status(rd: RunDir) -> list[dict]:
         total = manifest.get(name, {}).get("num_tasks")
         done = len(rd.done_tasks(name))
         failed = rd.failures(name)
+        stage_failure = rd.stage_failure(name)
         rows.append({
             "stage": name,
             "done": done,
             "total": total,
             "complete": rd.stage_complete(name),
-            "failed": len(failed),
+            "failed": len(failed) + (stage_failure is not None),
+            "stage_failure": stage_failure,
             "failures": [{"task": t, "error": f.get("error", "").splitlines()[0] if f.get("error") else "",
                           "log": f.get("log")} for t, f in sorted(failed.items())],
             "logs": str(rd.path / "logs" / name),

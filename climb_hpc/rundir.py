@@ -8,6 +8,7 @@
     <run_dir>/_done/<stage>/_stage   the stage finished (all tasks + finalize)
     <run_dir>/_failed/<stage>/<task> the last failure of a task (error, log path); cleared on success
     <run_dir>/logs/<stage>/          one log per task
+    <run_dir>/_tmp/<stage>/<task>/   a running task's temporaries (emptied when the task starts again)
 
 Every file is written to a temporary name in the same folder and renamed, so a killed writer leaves
 either the old file or the new one, never half of one.
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +30,14 @@ from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
+from climb_hpc.errors import UserError
+
 PathLike = Union[str, os.PathLike]
 STAGE_MARKER = "_stage"
+STAGE_FAILURE = "_stage"  # _failed/<stage>/_stage: the stage itself (planning, driving, finalize) failed
 
 
-class RunDirLocked(RuntimeError):
+class RunDirLocked(UserError):
     """Another controller holds the run folder."""
 
 
@@ -46,19 +50,53 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+#: Where this process writes its temporaries: ``<run>/_tmp/<stage>/<task>/r<rank>`` inside a task (see
+#: :func:`task_temps`), so that a killed attempt's leftovers are removed when the task runs again; None:
+#: next to the target, as hidden ``.<name>.<pid>.<n>.tmp`` files (the controller, tests, tools).
+_TMP_ENV = "CLIMB_HPC_TMP_DIR"
+_counter = itertools.count()
+
+
+def _temp_name(path: Path) -> Path:
+    """A temporary name for ``path``, on the same filesystem (so that ``os.replace`` is atomic)."""
+    unique = f"{os.getpid()}.{next(_counter)}"
+    tmp_dir = os.environ.get(_TMP_ENV)
+    if tmp_dir and os.path.isdir(tmp_dir) and os.stat(tmp_dir).st_dev == os.stat(path.parent).st_dev:
+        return Path(tmp_dir) / f"{unique}.{path.name}"
+    return path.with_name(f".{path.name}.{unique}.tmp")
+
+
+@contextlib.contextmanager
+def task_temps(run_dir: PathLike, stage: str, task: int, rank: int = 0) -> Iterator[Path]:
+    """Inside: temporaries of atomic writes go to ``<run>/_tmp/<stage>/<task>/r<rank>``, which is emptied
+    first (what a killed earlier attempt left) and removed on the way out."""
+    d = Path(run_dir) / "_tmp" / stage / f"{task:05d}" / f"r{rank}"
+    _remove(d)
+    d.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get(_TMP_ENV)
+    os.environ[_TMP_ENV] = str(d)
+    try:
+        yield d
+    finally:
+        if previous is None:
+            os.environ.pop(_TMP_ENV, None)
+        else:
+            os.environ[_TMP_ENV] = previous
+        _remove(d)
+
+
 def atomic_write(path: PathLike, data: Union[str, bytes]) -> None:
     """Write ``data`` to ``path`` via a temp file + fsync + rename.
 
-    The file gets the mode a plain ``open`` would (0666 less the umask), not mkstemp's 0600, so a run
-    folder shared with a project group stays readable."""
+    The file gets the mode a plain ``open`` would (0666 less the umask), so a run folder shared with a
+    project group stays readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp_name(path)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -74,14 +112,14 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (file or folder); rename it onto ``path`` on success.
+    """Yield a temporary path (file or folder) for ``path``; rename it onto ``path`` on success.
 
     For writers that want a file name (pyarrow, torch.save, zarr): they write to the yielded path.
     An existing ``path`` is replaced; on error the temporary is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_name(path)
     _remove(tmp)
     try:
         yield tmp
@@ -195,6 +233,24 @@ class RunDir:
 
     def mark_stage_complete(self, stage: str, **info: Any) -> None:
         atomic_write_json(self._marker(stage, STAGE_MARKER), {"finished": time.time(), **info})
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / "_failed" / stage / STAGE_FAILURE).unlink()
+
+    def mark_stage_failed(self, stage: str, step: str, error: str, user_error: bool) -> None:
+        """The stage's own work (``step``: prepare, drive, finalize) raised: `status` shows it failed."""
+        atomic_write_json(self.path / "_failed" / stage / STAGE_FAILURE,
+                          {"time": time.time(), "step": step, "error": error, "user_error": user_error})
+
+    def stage_failure(self, stage: str) -> Optional[dict]:
+        return None if self.stage_complete(stage) else read_json(self.path / "_failed" / stage / STAGE_FAILURE)
+
+    def reset_stage(self, stage: str) -> None:
+        """Forget a stage entirely: its markers, failures, recorded jobs and its folder ``<run>/<stage>``.
+        For a stage that has not completed, whose config changed: its tasks run again from scratch."""
+        for d in ("_done", "_failed", "_preempted", "_jobs", "_tmp"):
+            _remove(self.path / d / stage)
+        _remove(self.path / "_jobs" / f"{stage}.json")
+        _remove(self.path / stage)
 
     def clear_stage(self, stage: str) -> None:
         """Forget a stage's completion (markers only); its tasks rerun and overwrite their outputs."""
@@ -205,8 +261,10 @@ class RunDir:
         """The task saved its state on a preemption signal and wants to be requeued (hand launches)."""
         atomic_write_json(self.path / "_preempted" / stage / f"{task:05d}", {"time": time.time()})
 
-    def mark_failed(self, stage: str, task: int, error: str, log: Optional[str] = None) -> None:
-        atomic_write_json(self._failure(stage, task), {"time": time.time(), "error": error, "log": log})
+    def mark_failed(self, stage: str, task: int, error: str, log: Optional[str] = None, user_error: bool = False) -> None:
+        """The task's last failure; ``user_error``: caused by config or input (retrying cannot help)."""
+        atomic_write_json(self._failure(stage, task),
+                          {"time": time.time(), "error": error, "log": log, "user_error": user_error})
 
     def failures(self, stage: str) -> dict[int, dict]:
         d = self.path / "_failed" / stage

@@ -29,7 +29,8 @@ import traceback
 from typing import Optional
 
 from climb_hpc import preempt
-from climb_hpc.rundir import RunDir
+from climb_hpc.errors import UserError, one_line
+from climb_hpc.rundir import RunDir, task_temps
 
 log = logging.getLogger("climb_hpc")
 
@@ -52,8 +53,12 @@ def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = 
     stage = get_stage(stage_name)
     t0 = time.time()
     try:
-        stage.run(cfg, rd, task)
+        with task_temps(rd.path, stage_name, task, global_rank()):  # an earlier attempt's leftovers go first
+            stage.run(cfg, rd, task)
     except preempt.Preempted:
+        raise
+    except UserError as e:  # bad input or config: the message says what to do; retrying cannot help
+        rd.mark_failed(stage_name, task, error=one_line(str(e)), log=log_path, user_error=True)
         raise
     except Exception as e:  # not BaseException: a requeue exits through SystemExit and is no failure
         tb = traceback.format_exc(limit=-8)
@@ -102,15 +107,16 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if argv[2] in ("prepare", "finalize"):
-        from climb_hpc.config import ConfigError
         from climb_hpc.pipeline import StageFailed
-        from climb_hpc.rundir import RunDirLocked
 
         try:
             n = hand_launch(argv[0], argv[1], argv[2])
-        except (ConfigError, RunDirLocked, FileNotFoundError, StageFailed) as e:
+        except (UserError, FileNotFoundError) as e:
+            print(f"climb_hpc.task: error: {one_line(str(e))}", file=sys.stderr)
+            return 2
+        except StageFailed as e:
             print(f"climb_hpc.task: error: {e}", file=sys.stderr)
-            return 2 if not isinstance(e, StageFailed) else 1
+            return 1
         if argv[2] == "prepare":
             print(n)
         return 0

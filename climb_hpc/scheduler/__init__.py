@@ -28,7 +28,8 @@ def make_executor(cfg: DictConfig, rd: RunDir) -> Executor:
 
         return DebugExecutor(cfg, rd)
     if kind == "slurm":
-        from climb_hpc.scheduler.slurm import SlurmExecutor
+        from climb_hpc.scheduler.slurm import SlurmExecutor, check_slurm_commands
 
+        check_slurm_commands(bool(cfg.get("dry_run")))
         return SlurmExecutor(cfg, rd)
     raise ConfigError(f"cluster.executor={kind!r}: choose local, debug or slurm")

@@ -26,6 +26,10 @@ class Executor(ABC):
         Success is the task's completion marker; a failure is recorded in the run folder.
         """
 
+    def active_tasks(self, stage: str) -> int:
+        """Tasks of ``stage`` that an earlier controller launched and that still run (Slurm jobs outlive it)."""
+        return 0
+
     @abstractmethod
     def describe(self, res: Resources) -> str:
         """One line for the log: where and how the tasks run."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -42,11 +43,17 @@ class SlurmExecutor(Executor):
         return (f"Slurm job array, {res.nodes} node(s) x {res.tasks_per_node} task(s), {res.cpus} CPU(s), "
                 f"{res.gpus} GPU(s) a task, at most {c.get('array_parallelism')} at once" + (f", {where}" if where else ""))
 
+    def active_tasks(self, stage: str) -> int:
+        recorded = read_json(self.rd.path / "_jobs" / f"{stage}.json", default={})
+        queued = queue_states(recorded.values()) if recorded else {}
+        return sum(1 for j in recorded.values() if queued.get(j, "COMPLETING") != "COMPLETING")
+
     def _executor(self, stage: Stage, res: Resources) -> tuple[submitit.SlurmExecutor, dict[str, Any]]:
         params = submitit_parameters(self.cfg.cluster, res, job_name=f"climb-{stage.name}",
                                       checkpointable=stage.checkpointable)
         folder = self.rd.log_dir(stage.name) / "slurm"
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(self.cfg.cluster.get("max_num_timeout", 3)))
+        kind = _ScriptOnlyExecutor if self.cfg.get("dry_run") else submitit.SlurmExecutor
+        ex = kind(folder=folder, max_num_timeout=int(self.cfg.cluster.get("max_num_timeout", 3)))
         ex.update_parameters(**params)
         return ex, params
 
@@ -149,6 +156,24 @@ class SlurmExecutor(Executor):
             self.rd.mark_failed(stage.name, task, error=f"Slurm job {job_id} ended {state} without finishing",
                                 log=str(log_path))
         log.error("task %s/%d (job %s) ended %s; log: %s", stage.name, task, job_id, state, log_path)
+
+
+class _ScriptOnlyExecutor(submitit.SlurmExecutor):
+    """For a dry run: renders the batch scripts on a machine without Slurm's commands (submitit refuses to
+    start without srun)."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
+def check_slurm_commands(dry_run: bool) -> None:
+    """ConfigError unless Slurm's commands are here (a dry run only writes scripts and needs none)."""
+    missing = [c for c in ("sbatch", "squeue", "sacct", "srun") if shutil.which(c) is None]
+    if missing and not dry_run:
+        raise ConfigError(f"cluster=slurm: {', '.join(missing)} not found on PATH; run climb-hpc on a login node of "
+                          "your cluster (or load its Slurm module), use dry_run=true to only write the job scripts, "
+                          "or cluster=local to run on this machine")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,210 @@
+"""Config values checked before anything is written or submitted.
+
+Three kinds of check, each over the WHOLE config (so a value set in a YAML file, on the command line or in
+a saved run's config.yaml is held to the same rules):
+
+* **Types**: a value's type must match the default's (an integer where the default is an integer ...);
+  only done when the defaults are at hand (:func:`climb_hpc.config.compose`).
+* **Ranges, by key name**: counts and sizes are positive, retries and GPU counts are not negative,
+  fractions lie in their interval. A rule is keyed by the last part of the dotted key, so ``cpus`` is held
+  to it under ``cluster``, ``embed``, ``cluster.stage_resources.<stage>`` and wherever else it appears.
+  ``tests/test_bad_values.py`` fails when a numeric key of the default configs has no rule.
+* **Strings that reach a script or command line**: no control characters (a newline in ``run_dir`` would
+  become a line of the sbatch script); ``run_dir`` not empty.
+
+Every failure is a :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Iterator
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from climb_hpc.errors import ConfigError
+
+# ---- rules by the last part of a key (values may also be null unless noted in NOT_NULL)
+POSITIVE_INT = {
+    "array_parallelism", "batch_rows", "batch_size", "budget", "chunk_rows", "ckpt_every", "counter_tasks", "cpus",
+    "dim", "dist_nodes", "docs_per_domain", "global_batch_size", "head_dim", "hidden_size", "intermediate_size",
+    "k_init", "max_array_size", "max_clusters", "max_items", "max_length", "max_points_per_centroid", "max_tokens",
+    "mc_max_items", "mc_tokens_per_item", "micro_batch_size", "min_frequency", "min_points_per_centroid", "min_size",
+    "niter", "nodes", "nredo", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pool_size",
+    "pretrain_tokens", "round_h", "round_start_min", "rows_per_group", "rows_per_shard", "sample_size", "samples",
+    "seq_len", "shards_per_task", "sort_window", "steps", "target_clusters", "tasks", "tasks_per_node", "threads",
+    "time_min", "token_budget", "tokens", "tokens_per_doc", "train_sample_docs", "val_tokens", "vocab_size",
+}
+NONNEG_INT = {
+    "cpu_task", "drop", "gpu_task", "gpus", "lead_h", "loader_workers", "max_num_timeout", "max_retries",
+    "multinode_job", "pretrain_warmup", "quarantine_excerpt_chars", "seed", "signal_delay_s",
+    "zero3_persistence_threshold",
+}
+POSITIVE_NUM = {
+    "bytes_per_token", "chunk_mb", "corpus_docs", "corpus_tokens", "cpu_gflops", "eps", "ingest_tokens_s",
+    "initializer_range", "lr", "lr_scale", "margin", "max_ratio", "mem_gb", "merge_distance", "mix_tokens_s",
+    "params", "peak_tflops", "poll_s", "pretrain_lr", "prune_params_s", "quality_tokens_s", "refine_docs_s",
+    "report_s", "rms_norm_eps", "rope_theta", "temperature", "tokenize_tokens_s",
+}
+NONNEG_NUM = {"dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
+#: (low, high, low inclusive, high inclusive)
+INTERVALS = {
+    "holdout_fraction": (0.0, 1.0, False, False),
+    "min_lr_ratio": (0.0, 1.0, True, True),
+    "decay": (0.0, 1.0, True, True),
+    # plan.mfu.*: achieved fraction of the peak
+    "encoder": (0.0, 1.0, False, True), "kmeans": (0.0, 1.0, False, True), "proxy": (0.0, 1.0, False, True),
+    "llm": (0.0, 1.0, False, True), "forward": (0.0, 1.0, False, True),
+    # clusters.refine.thresholds.*: the raters' 0-5 scale
+    "quality": (0.0, 5.0, True, True), "advertisement": (0.0, 5.0, True, True),
+    "informational": (0.0, 5.0, True, True), "educational": (0.0, 5.0, True, True),
+}
+CHOICES = {
+    "cluster.executor": ("local", "debug", "slurm"),
+    "zero_stage": (0, 1, 2, 3),
+    "precision": ("auto", "fp32", "bf16"),
+    "schedule": ("cosine", "wsd"),
+    "corpus.compression": ("zstd", "snappy", "gzip", "none"),
+    "embed.pooling": ("mean", "cls"),
+    "embed.backend": ("transformers", "sentence_transformers"),
+    "target.kind": ("heldout", "jsonl", "mc"),
+    "target.normalize": ("char", "token", "none"),
+    "search.strategy": ("climb", "regmix", "random"),
+}
+#: Keys that must hold a value (null would reach int() / range() in the code).
+NOT_NULL = {
+    "array_parallelism", "batch_size", "budget", "chunk_mb", "chunk_rows", "ckpt_every", "global_batch_size",
+    "k_init", "max_retries", "max_length", "nodes", "pool_size", "rows_per_group", "rows_per_shard", "samples",
+    "seq_len", "shards_per_task", "tasks_per_node", "tokens", "gpus", "max_num_timeout", "signal_delay_s",
+    "poll_s", "run_dir", "text_field",
+}
+INT_RULES = POSITIVE_INT | NONNEG_INT | {"zero_stage"}
+NUMERIC_RULES = INT_RULES | POSITIVE_NUM | NONNEG_NUM | set(INTERVALS)
+
+#: Maps whose keys are the user's (a stage name, an sbatch option, a machine, a LightGBM parameter):
+#: ``a.b.key=value`` may add to them without Hydra's ``+``.
+OPEN_MAPS = ("cluster.stage_resources", "cluster.extra_sbatch", "plan.hardware", "search.predictor")
+#: A stage's resources a ``cluster.stage_resources.<stage>`` entry may set.
+RESOURCE_FIELDS = ("cpus", "gpus", "nodes", "tasks_per_node", "mem_gb", "time_min")
+
+
+def under_open_map(key: str) -> bool:
+    return any(key == m or key.startswith(m + ".") for m in OPEN_MAPS)
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, str) else repr(value)
+
+
+def check_text(key: str, value: str) -> None:
+    """No control characters (newline, CR, tab, NUL, escape ...) or Unicode line/paragraph separators."""
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            raise ConfigError(f"{key}={value!r}: contains the control character {ch!r} at position {i}; it would break "
+                              "a line of a job script or a command line. Remove it")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def check_value(key: str, value: Any) -> None:
+    """The range rule of ``key`` (by its last part), if it has one."""
+    name = key.rsplit(".", 1)[-1]
+    if value is None:
+        if name in NOT_NULL:
+            raise ConfigError(f"{key}=null: it needs a value")
+        return
+    if isinstance(value, str):
+        check_text(key, value)
+    for where in (key, name):
+        if where in CHOICES and value not in CHOICES[where]:
+            raise ConfigError(f"{key}={_describe(value)}: choose one of {', '.join(map(str, CHOICES[where]))}")
+    if name not in NUMERIC_RULES:
+        return
+    if name in INT_RULES and not _is_int(value):
+        raise ConfigError(f"{key}={_describe(value)}: must be a whole number")
+    if not _is_num(value):
+        raise ConfigError(f"{key}={_describe(value)}: must be a number")
+    if name in POSITIVE_INT and value < 1:
+        raise ConfigError(f"{key}={value}: must be at least 1")
+    if name in NONNEG_INT and value < 0:
+        raise ConfigError(f"{key}={value}: must be 0 or more")
+    if name in POSITIVE_NUM and value <= 0:
+        raise ConfigError(f"{key}={value}: must be greater than 0")
+    if name in NONNEG_NUM and value < 0:
+        raise ConfigError(f"{key}={value}: must be 0 or more")
+    if name in INTERVALS:
+        lo, hi, lo_in, hi_in = INTERVALS[name]
+        if not ((value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)):
+            raise ConfigError(f"{key}={value}: must lie in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}")
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """``value`` has the type of ``default`` (None on either side is left to the range rules)."""
+    if value is None or default is None:
+        return
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, (int, float)):
+        ok, expected = _is_num(value), "a number"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "a string (quote it: key='...')"
+    elif isinstance(default, list):
+        ok, expected = isinstance(value, list) or (name == "paths" and isinstance(value, str)), "a list [a, b]"
+    elif isinstance(default, dict):
+        ok, expected = isinstance(value, dict), "a mapping {a: 1}"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{key}={_describe(value)}: expected {expected}")
+
+
+def _check_open_maps(c: dict) -> None:
+    from climb_hpc.stage import GROUPS, REGISTRY
+
+    for stage, res in ((c.get("cluster") or {}).get("stage_resources") or {}).items():
+        key = f"cluster.stage_resources.{stage}"
+        if stage not in REGISTRY and stage not in GROUPS:
+            raise ConfigError(f"{key}: {stage!r} is not a stage; known: {', '.join([*REGISTRY, *GROUPS])}")
+        if not isinstance(res, dict):
+            raise ConfigError(f"{key}={_describe(res)}: expected a mapping such as {{cpus: 4, time_min: 60}}")
+        unknown = sorted(set(res) - set(RESOURCE_FIELDS))
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(RESOURCE_FIELDS)}")
+
+
+def validate(cfg: DictConfig, defaults: Optional[DictConfig] = None) -> None:
+    """Raise :class:`ConfigError` for the first wrong value; ``defaults`` (the config without the user's
+    values) enables the type checks."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    d = OmegaConf.to_container(defaults, resolve=True) if defaults is not None else None
+    d_leaves = dict(_leaves(d)) if d is not None else {}
+    for key, value in _leaves(c):
+        for part in key.split("."):
+            check_text(f"the key {key!r}", part)
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    check_text(f"{key}[{i}]", item)
+        if key in d_leaves and not under_open_map(key):
+            _check_type(key, value, d_leaves[key])
+        check_value(key, value)
+    if not str(c.get("run_dir") or "").strip():
+        raise ConfigError("run_dir is empty: give the run folder, e.g. run_dir=runs/my_run")
+    _check_open_maps(c)
