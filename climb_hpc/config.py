@@ -104,9 +104,13 @@ def _parse(overrides: Sequence[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from climb_hpc.validate import check_text
+
     parser = OverridesParser.create()
     out = []
     for raw in overrides:
+        key, _, value = raw.partition("=")
+        check_text(key.lstrip("+~"), value)  # before Hydra's parser, whose message would not say why
         try:
             out += parser.parse_overrides([raw])
         except HydraException as e:

@@ -314,4 +314,7 @@ def test_faults_at_random_points_end_with_the_clean_runs_outputs(tmp_path):
         assert not rd.failures(stage), (stage, rd.failures(stage))
     compared = assert_same_outputs(clean, faulted)
     print("identical: " + "; ".join(compared))
+    # killed writers left temporaries; every one went when its task ran again (or its stage completed)
+    leftovers = [p for p in faulted.rglob("*") if p.is_file() and (p.name.endswith(".tmp") or "_tmp" in p.parts)]
+    assert not leftovers, leftovers[:10]
     assert all(hits[k] >= 1 for k in KINDS), f"not every kind of fault hit a running task: {hits}"

@@ -23,10 +23,53 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
 _CONSTRAINT = re.compile(r"^[A-Za-z0-9_.\-&|,\[\]()*]+$")
 _FLAG = re.compile(r"^[a-z][a-z0-9\-]*$")
 _SAFE_VALUE = re.compile(r"^[^\s'\"`$;\\<>]*$")
-# options climb-hpc itself sets: an extra flag may not override them
-_OWNED = {"array", "output", "error", "signal", "job-name", "wrap", "open-mode", "nodes", "ntasks-per-node",
-          "cpus-per-task", "time", "partition", "account", "qos", "reservation", "constraint", "mem",
-          "gpus-per-node", "requeue"}
+# sbatch's long options (Slurm 22.05-24.11 src/common/slurm_opt.c); those `sbatch --help` prints are added at
+# run time. sbatch resolves an option as getopt_long does: an exact name, else the ONE name it abbreviates
+# (--part is --partition); a prefix of several names is refused as ambiguous.
+SBATCH_OPTIONS = frozenset("""
+account acctg-freq array batch bb bbf begin chdir cluster-constraint clusters comment constraint container
+container-id contiguous core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline delay-boot
+dependency distribution error exclude exclusive export export-file extra extra-node-info get-user-env gid
+gpu-bind gpu-freq gpus gpus-per-node gpus-per-socket gpus-per-task gres gres-flags help hint hold ignore-pbs
+input job-name kill-on-invalid-dep licenses mail-type mail-user mcs-label mem mem-bind mem-per-cpu mem-per-gpu
+mincpus network nice no-kill no-requeue nodefile nodelist nodes ntasks ntasks-per-core ntasks-per-gpu
+ntasks-per-node ntasks-per-socket open-mode output overcommit oversubscribe parsable partition power prefer
+priority profile propagate qos quiet reboot requeue reservation signal sockets-per-node spread-job switches
+test-only thread-spec threads-per-core time time-min tmp tres-per-task uid usage use-min-nodes verbose version
+wait wait-all-nodes wckey wrap
+""".split())
+# what climb-hpc sets or relies on (the job's shape, its logs, requeueing, the environment, how sbatch
+# answers): an extra option may not change them, under any name sbatch reads as theirs
+_OWNED = {"array", "output", "error", "input", "signal", "job-name", "wrap", "open-mode", "nodes", "ntasks",
+          "ntasks-per-node", "cpus-per-task", "time", "partition", "account", "qos", "reservation", "constraint",
+          "mem", "mem-per-cpu", "mem-per-gpu", "gpus", "gpus-per-node", "gpus-per-task", "gres", "requeue",
+          "no-requeue", "dependency", "export", "export-file", "chdir", "parsable", "quiet", "test-only", "wait",
+          "hold", "help", "usage", "version"}
+_CONFIG_KEY = {"partition": "cluster.partition", "account": "cluster.account", "qos": "cluster.qos",
+               "reservation": "cluster.reservation", "constraint": "cluster.constraint", "mem": "cluster.mem_gb",
+               "time": "cluster.time_min", "signal": "cluster.signal_delay_s",
+               "array": "cluster.array_parallelism"}
+
+
+def _known_options() -> frozenset[str]:
+    try:
+        out = subprocess.run(["sbatch", "--help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return SBATCH_OPTIONS | set(re.findall(r"--([a-z][a-z0-9-]*)", out))
+
+
+def resolve_sbatch_option(flag: str, known: frozenset[str] = SBATCH_OPTIONS) -> str:
+    """The sbatch option that ``--flag`` means (exact, or the one option it abbreviates), or ConfigError."""
+    if flag in known:
+        return flag
+    matches = sorted(o for o in known if o.startswith(flag))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(f"cluster.extra_sbatch.{flag}: sbatch reads --{flag} as ambiguous ({', '.join(matches[:6])}"
+                          f"{' ...' if len(matches) > 6 else ''}); write the option's full name")
+    raise ConfigError(f"cluster.extra_sbatch.{flag}: sbatch has no option --{flag}")
 
 
 def _name(cfg: DictConfig, key: str, pattern: re.Pattern = _NAME) -> Optional[str]:
@@ -87,13 +130,16 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, chec
     if (v := _name(cluster, "reservation")) is not None:
         extra["reservation"] = v
     extra_cfg = cluster.get("extra_sbatch")
+    known = _known_options() if extra_cfg else SBATCH_OPTIONS
     for flag, value in (OmegaConf.to_container(extra_cfg) if extra_cfg else {}).items():  # type: ignore[union-attr]
         flag = str(flag)
         if not _FLAG.match(flag):
             raise ConfigError(f"cluster.extra_sbatch: {flag!r} is not an sbatch long option name (e.g. mail-type)")
-        if flag in _OWNED:
-            raise ConfigError(f"cluster.extra_sbatch.{flag}: climb-hpc sets --{flag} itself; use the cluster/"
-                              "stage_resources keys instead")
+        option = resolve_sbatch_option(flag, known)
+        if option in _OWNED:
+            means = f"--{flag} (sbatch reads it as --{option})" if option != flag else f"--{flag}"
+            use = f"set {_CONFIG_KEY[option]}" if option in _CONFIG_KEY else "use the cluster / stage_resources keys"
+            raise ConfigError(f"cluster.extra_sbatch.{flag}: climb-hpc sets {means} itself (or relies on it); {use} instead")
         if not isinstance(value, (str, int, float, bool)) or not _SAFE_VALUE.match(str(value)):
             raise ConfigError(f"cluster.extra_sbatch.{flag}={value!r}: values may not contain spaces, quotes or "
                               "shell characters")
