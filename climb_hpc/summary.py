@@ -48,8 +48,11 @@ def corpus_lines(run: Path) -> list[str]:
     ingest, tok, refine = (_read(run / "ingest" / "summary.json"), _read(run / "tokenize" / "summary.json"),
                            _read(run / "refine" / "clusters.json"))
     if ingest:
+        damaged = len(ingest.get("damaged_files") or [])
         out.append(f"corpus      {ingest.get('docs_written', 0):,} docs ({ingest.get('docs_quarantined', 0):,} "
-                   "quarantined)" + (f", {tok['doc_tokens']:,} tokens" if tok else ""))
+                   "quarantined)" + (f", {tok['doc_tokens']:,} tokens" if tok else "")
+                   + (f"; {damaged} DAMAGED input file(s), the records after the damage are missing "
+                      "(ingest/summary.json: damaged_files)" if damaged else ""))
     if refine:
         out.append(f"clusters    {refine.get('final_clusters')} final, from {refine.get('initial_clusters')} k-means "
                    f"clusters; {refine.get('pruned_docs', 0):,} docs dropped by quality")

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from climb_hpc.corpus import doc_shard_paths, iter_doc_batches, iter_doc_shards
 from climb_hpc.corpus.builtin import DOMAINS, MAX_CHARS, MIN_CHARS
 from climb_hpc.corpus.ingest import STAGE, plan_path, quarantine_path, shard_path, stats_path, summary_path
+from climb_hpc.errors import ConfigError, InputError
 from climb_hpc.rundir import RunDir, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,21 +240,21 @@ def test_plan_is_reused_and_guarded(tmp_path: Path) -> None:
     (tmp_path / "more.jsonl").write_text('{"text": "two"}\n')
     assert STAGE.num_tasks(make_cfg(paths=[str(src)]), run_dir) == 1
     assert plan_path(run_dir).read_bytes() == before
-    with pytest.raises(RuntimeError, match="planned with corpus settings"):
+    with pytest.raises(ConfigError, match="planned with corpus settings"):
         STAGE.num_tasks(make_cfg(paths=[str(tmp_path)]), run_dir)
     src.write_text('{"text": "changed size"}\n')
-    with pytest.raises(RuntimeError, match="changed since the plan"):
+    with pytest.raises(InputError, match="changed since the plan"):
         STAGE.run(make_cfg(paths=[str(src)]), run_dir, 0)
 
 
 def test_missing_and_empty_inputs_fail_before_launch(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "x.jsonl"
-    with pytest.raises(FileNotFoundError, match=str(missing)):
+    with pytest.raises(InputError, match=str(missing)):
         STAGE.num_tasks(make_cfg(paths=[str(missing)]), RunDir(tmp_path / "r1"))
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "sub" / "notes.txt").write_text("not an input")
-    with pytest.raises(FileNotFoundError, match="no input files"):
+    with pytest.raises(InputError, match="no input files"):
         STAGE.num_tasks(make_cfg(paths=[str(empty)]), RunDir(tmp_path / "r2"))
     assert not (tmp_path / "r1" / "ingest" / "plan.json").exists()
 
@@ -284,7 +285,7 @@ def test_folders_are_walked_recursively_and_sorted(tmp_path: Path) -> None:
 def test_duplicate_ids_across_shards_fail_finalize(tmp_path: Path) -> None:
     for name in ("one.jsonl", "two.jsonl"):
         (tmp_path / name).write_text('{"id": "same", "text": "x"}\n{"id": "' + name + '", "text": "y"}\n')
-    with pytest.raises(RuntimeError, match="'same' in shard_00000.parquet, shard_00001.parquet"):
+    with pytest.raises(InputError, match="'same' in shard_00000.parquet, shard_00001.parquet"):
         run_stage(make_cfg(paths=[str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl")]), RunDir(tmp_path / "r"))
     # with generated ids the same files ingest fine
     summary = run_stage(

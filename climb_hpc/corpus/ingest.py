@@ -41,11 +41,26 @@ Decisions worth knowing:
   ``source_field`` (for example a Parquet file without that column). Summaries count null as
   ``"<none>"``.
 * ``n_chars`` is ``len(text)`` in Unicode code points. Texts are stored as they are (not stripped).
+* Damaged input files (a truncated or corrupt ``.gz``/``.zst``, a plain JSONL file whose last line
+  was cut, a Parquet file with a bad footer or row group; see ``readers.py`` for how each is found):
+  ``corpus.damaged_files: fail`` (the default) fails the task with an InputError naming the file and
+  where (byte offset or row group), so no output and no marker are written. With ``quarantine`` the
+  task keeps the whole records read before the damage and stops reading there: the records after it
+  in that task, and the cut one, are lost. (Corruption inside a .gz member / .zst frame may be
+  noticed only at its checksum, after some altered records were read: the error says so.) The damage itself counts as ONE record in ``docs_in``
+  that is quarantined with reason ``damaged_file`` (one quarantine line: file, offset or row group,
+  error), whatever it cost, so ``docs_in == docs_written + docs_quarantined`` still holds and the
+  quarantine file still has ``docs_quarantined`` lines. What it cost is in the task's stats under
+  ``damaged`` (file, where, error, ``records_lost`` and ``bytes_unread`` where known): the check
+  against the plan's count becomes ``records read + records_lost == planned`` (records read =
+  ``docs_in - 1``; skipped when either is unknown, as for a compressed file). finalize lists the
+  damaged files in ``summary.json`` (``damaged_files``) and prints a warning saying what was lost.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -60,9 +75,11 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from climb_hpc.corpus.builtin import write_builtin_corpus
-from climb_hpc.corpus.readers import check_unchanged, discover_inputs, iter_records, plan_file
+from climb_hpc.corpus.readers import DamagedFile, check_unchanged, discover_inputs, iter_records, plan_file
+from climb_hpc.errors import ConfigError, InputError
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
+from climb_hpc.validate import CHOICES
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
@@ -82,7 +99,9 @@ REASONS = (
     "bad_id",
     "bad_source",
     "duplicate_id",
+    "damaged_file",
 )
+DAMAGED_FILES = ("fail", "quarantine")  # corpus.damaged_files
 FLUSH_CHARS = 64 << 20  # also flush a row group after this many characters of text
 
 
@@ -125,8 +144,42 @@ def summary_path(run_dir: RunDir) -> Path:
 
 def _fields(c: DictConfig) -> Fields:
     if not c.get("text_field"):
-        raise ValueError("corpus.text_field must name the field holding the document text")
+        raise ConfigError("corpus.text_field must name the field holding the document text")
     return Fields(text=str(c.text_field), id=c.get("id_field") or None, source=c.get("source_field") or None)
+
+
+def _number(c: DictConfig, key: str, default: float, kind: type, low: int = 0) -> Any:
+    """``corpus.<key>`` as a finite float > 0 (``kind=float``) or an int >= ``low``, or a ConfigError."""
+    value = c.get(key, default)
+    try:
+        x = kind(value)
+        ok = (x > 0 if kind is float else x >= low) and math.isfinite(x) and not isinstance(value, bool)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        what = "a positive number" if kind is float else f"an integer >= {low}"
+        raise ConfigError(f"corpus.{key} must be {what}, got {value!r}; fix it in the config or on the command line")
+    return x
+
+
+def _task_options(c: DictConfig) -> dict[str, Any]:
+    """The settings :func:`ingest_task` takes from ``corpus``, checked."""
+    compression, choices = str(c.get("compression", "zstd")), CHOICES["corpus.compression"]
+    if compression not in choices:
+        raise ConfigError(f"corpus.compression={compression!r}: choose one of {', '.join(choices)}")
+    return {
+        "excerpt_chars": _number(c, "quarantine_excerpt_chars", 200, int, 0),
+        "compression": compression,
+        "rows_per_group": _number(c, "rows_per_group", 10000, int, 1),
+        "damaged_files": _damaged_files(c),
+    }
+
+
+def _damaged_files(c: DictConfig) -> str:
+    policy = str(c.get("damaged_files", "fail"))
+    if policy not in DAMAGED_FILES:
+        raise ConfigError(f"corpus.damaged_files={policy!r}: choose fail or quarantine")
+    return policy
 
 
 def _input_paths(c: DictConfig) -> list[str]:
@@ -137,9 +190,7 @@ def _input_paths(c: DictConfig) -> list[str]:
 def _plan_settings(cfg: DictConfig) -> dict[str, Any]:
     """The settings a plan depends on; a stored plan made with other settings is refused."""
     c = cfg.corpus
-    chunk_mb = float(c.get("chunk_mb", 64))
-    if chunk_mb <= 0:
-        raise ValueError(f"corpus.chunk_mb must be > 0, got {chunk_mb}")
+    chunk_mb = _number(c, "chunk_mb", 64, float)
     settings: dict[str, Any] = {"paths": _input_paths(c), "chunk_mb": chunk_mb}
     if not settings["paths"]:
         b = c.get("builtin") or {}
@@ -164,20 +215,24 @@ def load_plan(run_dir: RunDir) -> dict[str, Any]:
 def num_tasks(cfg: DictConfig, run_dir: RunDir) -> int:
     """Plan the tasks (once: a stored plan is reused, so a resumed run sees the same tasks)."""
     settings = _plan_settings(cfg)
+    _fields(cfg.corpus)  # config errors before any task runs
+    damaged_files = _task_options(cfg.corpus)["damaged_files"]
     stored = read_json(plan_path(run_dir))
     if stored is not None:
         if stored.get("settings") != settings:
-            raise RuntimeError(
+            raise ConfigError(
                 f"{plan_path(run_dir)} was planned with corpus settings {stored.get('settings')}, but the "
                 f"config now says {settings}. Use a new run folder for a different corpus."
             )
         return len(stored["tasks"])
-    plan = make_plan(settings, run_dir)
+    plan = make_plan(settings, run_dir, damaged_files)
     atomic_write_json(plan_path(run_dir), plan)
     return len(plan["tasks"])
 
 
-def make_plan(settings: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
+def make_plan(settings: dict[str, Any], run_dir: RunDir, damaged_files: str = "fail") -> dict[str, Any]:
+    """The tasks of the corpus. An unreadable Parquet file fails here, or is planned as one task that
+    reports it damaged with ``damaged_files="quarantine"``."""
     paths = settings["paths"]
     if not paths:
         b = settings["builtin"]
@@ -187,7 +242,7 @@ def make_plan(settings: dict[str, Any], run_dir: RunDir) -> dict[str, Any]:
     chunk_bytes = max(1, int(settings["chunk_mb"] * (1 << 20)))
     tasks: list[dict[str, Any]] = []
     for path, key in discover_inputs(paths):
-        for spec in plan_file(path, key, chunk_bytes):
+        for spec in plan_file(path, key, chunk_bytes, damaged_files):
             tasks.append({"task": len(tasks), **spec})
     return {"version": PLAN_VERSION, "settings": settings, "tasks": tasks}
 
@@ -305,55 +360,60 @@ def ingest_task(
     excerpt_chars: int = 200,
     compression: str = "zstd",
     rows_per_group: int = 10000,
+    damaged_files: str = "fail",
 ) -> dict[str, Any]:
-    """Read one task's records; write the doc shard and the quarantine file (atomically); return stats."""
+    """Read one task's records; write the doc shard and the quarantine file (atomically); return stats.
+
+    A damaged input raises :class:`DamagedFile` (nothing is written), or with
+    ``damaged_files="quarantine"`` ends the task's records there (see the module docstring)."""
     t0 = time.perf_counter()
     jsonl = spec["format"] == "jsonl"
-    where, key = ("line" if jsonl else "row"), spec["key"]
+    unit, key = ("line" if jsonl else "row"), spec["key"]
     id_prefix = f"{key}:" if jsonl else f"{key}:row"
     reasons: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     seen: set[str] = set()
     docs_in = written = chars = 0
+    number = spec["first_line"] if jsonl else spec["first_row"]  # of the record being read
+    damaged: Optional[dict[str, Any]] = None
     with ExitStack() as stack:
         out = _ShardWriter(stack.enter_context(atomic_path(shard)), compression, rows_per_group)
         qf = stack.enter_context(open(stack.enter_context(atomic_path(quarantine)), "w", encoding="utf-8"))
-        for number, obj, error, raw in iter_records(spec, fields.columns):
+
+        def reject(reason: str, detail: str, excerpt: str, **extra: Any) -> None:
+            reasons[reason] += 1
+            rec = {"file": spec["path"], unit: number, "reason": reason, "detail": detail, "excerpt": excerpt, **extra}
+            qf.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+        try:
+            for number, obj, error, raw in iter_records(spec, fields.columns):
+                docs_in += 1
+                doc = None
+                if error is None:
+                    doc, error = _check(obj, fields)  # type: ignore[arg-type]
+                if doc is not None:
+                    text, doc_id, source = doc
+                    doc_id = doc_id or f"{id_prefix}{number}"
+                    if doc_id in seen:
+                        doc, error = None, ("duplicate_id", f"id {doc_id!r} already seen in this task")
+                    else:
+                        seen.add(doc_id)
+                        out.add(doc_id, text, source)
+                        written += 1
+                        chars += len(text)
+                        sources[source if source is not None else NO_SOURCE] += 1
+                if doc is None:
+                    reject(*error, _excerpt(raw, obj, excerpt_chars))  # type: ignore[misc]
+        except DamagedFile as e:
+            if damaged_files != "quarantine":
+                raise
+            damaged = {"key": key, "task": spec["task"], **e.entry()}
+            number = number + 1 if docs_in else number  # the first record not read
             docs_in += 1
-            doc = None
-            if error is None:
-                doc, error = _check(obj, fields)  # type: ignore[arg-type]
-            if doc is not None:
-                text, doc_id, source = doc
-                doc_id = doc_id or f"{id_prefix}{number}"
-                if doc_id in seen:
-                    doc, error = None, ("duplicate_id", f"id {doc_id!r} already seen in this task")
-                else:
-                    seen.add(doc_id)
-                    out.add(doc_id, text, source)
-                    written += 1
-                    chars += len(text)
-                    sources[source if source is not None else NO_SOURCE] += 1
-            if doc is None:
-                reason, detail = error  # type: ignore[misc]
-                reasons[reason] += 1
-                rec = {
-                    "file": spec["path"],
-                    where: number,
-                    "reason": reason,
-                    "detail": detail,
-                    "excerpt": _excerpt(raw, obj, excerpt_chars),
-                }
-                qf.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            reject("damaged_file", f"{e.error} ({e.where})", "", offset=e.offset, row_group=e.row_group)
         out.close()
     quarantined = sum(reasons.values())
-    expected = spec.get("n_lines") if jsonl else spec.get("n_rows")
-    if docs_in != written + quarantined or (expected is not None and docs_in != expected):
-        raise RuntimeError(
-            f"ingest task {spec['task']} ({spec['path']}): {docs_in} records in, {written} written, "
-            f"{quarantined} quarantined, {expected} expected from the plan"
-        )
-    return {
+    stats = {
         "task": spec["task"],
         "spec": spec,
         "docs_in": docs_in,
@@ -362,8 +422,28 @@ def ingest_task(
         "quarantined_by_reason": dict(sorted(reasons.items())),
         "docs_by_source": dict(sorted(sources.items())),
         "chars_written": chars,
+        "damaged": damaged,
         "seconds": round(time.perf_counter() - t0, 4),
     }
+    problems = _count_problems(stats)
+    if problems:
+        raise RuntimeError(f"ingest task {spec['task']} ({spec['path']}): " + "; ".join(problems))
+    return stats
+
+
+def _count_problems(stats: dict[str, Any]) -> list[str]:
+    """What does not add up in a task's counts: in = written + quarantined, and the plan's count."""
+    spec, damaged = stats["spec"], stats.get("damaged")
+    problems = []
+    if stats["docs_in"] != stats["docs_written"] + stats["docs_quarantined"]:
+        problems.append(
+            f"{stats['docs_in']} in != {stats['docs_written']} written + {stats['docs_quarantined']} quarantined"
+        )
+    expected = spec.get("n_lines") if spec["format"] == "jsonl" else spec.get("n_rows")
+    read, lost = (stats["docs_in"] - 1, damaged["records_lost"]) if damaged else (stats["docs_in"], 0)
+    if expected is not None and lost is not None and read + lost != expected:
+        problems.append(f"{read} records read and {lost} lost to damage, but the plan counted {expected}")
+    return problems
 
 
 def run(cfg: DictConfig, run_dir: RunDir, task: int) -> None:
@@ -373,15 +453,7 @@ def run(cfg: DictConfig, run_dir: RunDir, task: int) -> None:
         raise IndexError(f"ingest has {len(tasks)} tasks; there is no task {task}")
     spec = tasks[task]
     check_unchanged(spec)
-    stats = ingest_task(
-        spec,
-        _fields(c),
-        shard_path(run_dir, task),
-        quarantine_path(run_dir, task),
-        excerpt_chars=int(c.get("quarantine_excerpt_chars", 200)),
-        compression=str(c.get("compression", "zstd")),
-        rows_per_group=int(c.get("rows_per_group", 10000)),
-    )
+    stats = ingest_task(spec, _fields(c), shard_path(run_dir, task), quarantine_path(run_dir, task), **_task_options(c))
     atomic_write_json(stats_path(run_dir, task), stats)
     rate = stats["docs_in"] / max(stats["seconds"], 1e-9)
     print(
@@ -390,6 +462,13 @@ def run(cfg: DictConfig, run_dir: RunDir, task: int) -> None:
         f"in {stats['seconds']:.2f} s ({rate:,.0f} docs/s)",
         flush=True,
     )
+    if stats["damaged"]:
+        d = stats["damaged"]
+        print(
+            f"ingest task {task}: WARNING: {d['file']} is damaged ({d['error']}, {d['where']}); "
+            f"read the {stats['docs_in'] - 1} records before it, {_lost(d)}",
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------- finalize
@@ -403,14 +482,7 @@ def _task_stats(run_dir: RunDir, spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"ingest task {t} ({spec['path']}) has no stats file {stats_path(run_dir, t)}; did it run?")
     if stats["spec"] != spec:
         raise RuntimeError(f"ingest task {t}: its outputs were made from another plan; rerun the task")
-    problems = []
-    if stats["docs_in"] != stats["docs_written"] + stats["docs_quarantined"]:
-        problems.append(
-            f"{stats['docs_in']} in != {stats['docs_written']} written + {stats['docs_quarantined']} quarantined"
-        )
-    expected = spec.get("n_lines") if spec["format"] == "jsonl" else spec.get("n_rows")
-    if expected is not None and expected != stats["docs_in"]:
-        problems.append(f"{stats['docs_in']} records read but the plan counted {expected}")
+    problems = _count_problems(stats)
     rows = pq.read_metadata(shard_path(run_dir, t)).num_rows
     if rows != stats["docs_written"]:
         problems.append(f"shard has {rows} rows, stats say {stats['docs_written']} written")
@@ -471,18 +543,19 @@ def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
     if totals["docs_in"] != totals["docs_written"] + totals["docs_quarantined"]:
         raise RuntimeError(f"ingest: {dict(totals)} does not add up")
     if totals["docs_written"] == 0:
-        raise RuntimeError(
+        raise InputError(
             f"ingest: no document was written; all {totals['docs_in']} records were quarantined "
             f"({dict(reasons)}). Check corpus.text_field / corpus.paths and {quarantine_path(run_dir, 0).parent}"
         )
     shards = [shard_path(run_dir, s["task"]) for s in all_stats]
     n_dup, shown = cross_shard_duplicates(shards)
     if n_dup:
-        raise RuntimeError(
+        raise InputError(
             f"ingest: {n_dup} ids appear in more than one shard, e.g. {'; '.join(shown)}. Ids must be "
             "unique in the corpus: deduplicate the input, or set corpus.id_field=null to use "
             "generated ids (file + line)"
         )
+    damaged = [s["damaged"] for s in all_stats if s.get("damaged")]
     base = run_dir.stage_dir(NAME)
     summary = {
         **{k: totals[k] for k in ("docs_in", "docs_written", "docs_quarantined", "chars_written")},
@@ -496,6 +569,7 @@ def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
         },
         "builtin": "builtin" in plan["settings"],
         "inputs": list(inputs.values()),
+        "damaged_files": damaged,
         "shards": [
             {
                 "task": s["task"],
@@ -514,6 +588,21 @@ def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
         f"sources {summary['docs_by_source']}",
         flush=True,
     )
+    if damaged:
+        print(
+            f"ingest: WARNING: {len(damaged)} damaged input file(s) (corpus.damaged_files=quarantine), the records "
+            "after the damage are not in the corpus: "
+            + "; ".join(f"{d['file']} ({d['where']}: {d['error']}) {_lost(d)}" for d in damaged),
+            flush=True,
+        )
+
+
+def _lost(damaged: dict[str, Any]) -> str:
+    """'lost 12 records' / 'lost an unknown number of records', and the bytes that gave none."""
+    n = damaged.get("records_lost")
+    out = f"lost {n:,} record(s)" if n is not None else "lost an unknown number of records"
+    unread = damaged.get("bytes_unread")
+    return out + (f" ({unread:,} bytes unread)" if unread else "")
 
 
 # ---------------------------------------------------------------- for later stages
