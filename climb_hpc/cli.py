@@ -69,6 +69,9 @@ def cmd_status(args: list[str]) -> int:
     kv = _kv(args)
     if "run_dir" not in kv:
         raise ConfigError("status needs run_dir=DIR")
+    unknown = sorted(set(kv) - {"run_dir", "format"})
+    if unknown or kv.get("format", "text") not in ("text", "json"):
+        raise ConfigError(f"status takes run_dir=DIR and format=text|json; got {' '.join(args)}")
     rows = status(RunDir(kv["run_dir"]))
     if kv.get("format") == "json":
         print(json.dumps({"run_dir": str(RunDir(kv["run_dir"]).path), "stages": rows}, indent=2))
@@ -99,7 +102,9 @@ def cmd_report(args: list[str]) -> int:
     try:
         opts = {k: int(v) for k, v in kv.items() if k in DEFAULTS}
     except ValueError:
-        raise ConfigError(f"report: {', '.join(DEFAULTS)} take whole numbers") from None
+        opts = {"": 0}
+    if any(v < 1 for v in opts.values()):
+        raise ConfigError(f"report: {', '.join(DEFAULTS)} take whole numbers of at least 1")
     print(write_report(kv["run_dir"], **opts))
     return 0
 

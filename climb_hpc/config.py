@@ -46,7 +46,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     keys named. Keys of the open maps (``cluster.stage_resources``, ``cluster.extra_sbatch`` ...) are
     the user's and need no ``+``. The result is validated (:mod:`climb_hpc.validate`) before it is
     returned, so nothing is written for a config with a wrong value."""
-    from climb_hpc.validate import under_open_map, validate
+    from climb_hpc.validate import under_open_map, validate, whole_numbers
 
     parsed = _parse(overrides)
     groups = _config_groups()
@@ -70,6 +70,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     cfg = _hydra_compose(final, defaults)
     OmegaConf.set_struct(cfg, False)
     validate(cfg, defaults)
+    whole_numbers(cfg)
     return cfg
 
 

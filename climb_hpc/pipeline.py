@@ -112,7 +112,7 @@ def affected_stages(changed: list[str], old: DictConfig, new: DictConfig) -> lis
     for key in changed:
         if key.split(".")[0] == "pipeline":
             old_names = list(old.pipeline.stages)
-            same = next((i for i, (a, b) in enumerate(zip(old_names, names)) if a != b), min(len(old_names), len(names)))
+            same = next((i for i, (a, b) in enumerate(zip(old_names, names, strict=False)) if a != b), min(len(old_names), len(names)))
             first = min(first, same if same < len(old_names) else len(names))
         else:
             first = min(first, names.index(_reader(key, names)))

@@ -37,6 +37,10 @@ STAGE_MARKER = "_stage"
 STAGE_FAILURE = "_stage"  # _failed/<stage>/_stage: the stage itself (planning, driving, finalize) failed
 
 
+class RunDirUnusable(UserError):
+    """The run folder cannot be created or written."""
+
+
 class RunDirLocked(UserError):
     """Another controller holds the run folder."""
 
@@ -190,7 +194,10 @@ class RunDir:
 
     # ---- config and manifest
     def exists(self) -> bool:
-        return self.config_path.exists()
+        try:
+            return self.config_path.exists()
+        except OSError as e:  # a name too long, a path through a file ...
+            raise RunDirUnusable(f"cannot use {self.path} as the run folder: {e.strerror}; choose another run_dir=") from None
 
     def save_config(self, cfg: DictConfig) -> None:
         atomic_write(self.config_path, OmegaConf.to_yaml(cfg, resolve=True))
@@ -280,9 +287,13 @@ class RunDir:
     # ---- the controller lock
     def acquire_lock(self) -> None:
         """Take the exclusive controller lock, or raise ``RunDirLocked`` saying who holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / ".lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # not writable, a file in the way, a name too long, a read-only filesystem ...
+            raise RunDirUnusable(f"cannot use {self.path} as the run folder: {e.strerror}; choose another "
+                                 "run_dir= (a folder you can write to)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -87,8 +87,7 @@ def hand_launch(run_dir: str, stage_name: str, action: str) -> int:
         before = [s for s in names[: names.index(stage_name)] if not rd.stage_complete(s)]
         if before:
             raise ConfigError(f"stage {stage_name} needs the stages before it; not complete: {', '.join(before)}. "
-                              f"Run them first: climb-hpc run run_dir={rd.path} until={before[-1]} (with the "
-                              "overrides the run was started with)")
+                              f"Run them first: climb-hpc run run_dir={rd.path} until={before[-1]}")
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answer alone
             if action == "prepare":
                 n, _ = prepare_stage(cfg, rd, stage)
@@ -120,6 +119,10 @@ def main(argv: list[str]) -> int:
         if argv[2] == "prepare":
             print(n)
         return 0
+    if not argv[2].isdigit():
+        print(f"climb_hpc.task: error: TASK must be a task number, prepare or finalize; got {argv[2]!r}",
+              file=sys.stderr)
+        return 2
     run_dir, stage_name, task = argv[0], argv[1], int(argv[2])
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
         from climb_hpc.scheduler.distributed import slurm_env  # a hand launch: srun ... -m climb_hpc.task

@@ -72,6 +72,7 @@ CHOICES = {
     "target.kind": ("heldout", "jsonl", "mc"),
     "target.normalize": ("char", "token", "none"),
     "search.strategy": ("climb", "regmix", "random"),
+    "corpus.damaged_files": ("fail", "quarantine"),
 }
 #: Keys that must hold a value (null would reach int() / range() in the code).
 NOT_NULL = {
@@ -136,8 +137,8 @@ def check_value(key: str, value: Any) -> None:
             raise ConfigError(f"{key}={_describe(value)}: choose one of {', '.join(map(str, CHOICES[where]))}")
     if name not in NUMERIC_RULES:
         return
-    if name in INT_RULES and not _is_int(value):
-        raise ConfigError(f"{key}={_describe(value)}: must be a whole number")
+    if name in INT_RULES and not (_is_int(value) or (_is_num(value) and float(value).is_integer())):
+        raise ConfigError(f"{key}={_describe(value)}: must be a whole number")  # 1e6 is one: see whole_numbers
     if not _is_num(value):
         raise ConfigError(f"{key}={_describe(value)}: must be a number")
     if name in POSITIVE_INT and value < 1:
@@ -152,6 +153,19 @@ def check_value(key: str, value: Any) -> None:
         lo, hi, lo_in, hi_in = INTERVALS[name]
         if not ((value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)):
             raise ConfigError(f"{key}={value}: must lie in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}")
+
+
+def whole_numbers(cfg: DictConfig) -> None:
+    """Counts written as floats (``tokens=1e6``) become ints in place, so code may use them as counts."""
+    def walk(node: DictConfig) -> None:
+        for k in list(node.keys()):
+            v = node._get_node(k)
+            if isinstance(v, DictConfig):
+                walk(v)
+            elif str(k) in INT_RULES and isinstance(node[k], float) and node[k].is_integer():
+                node[k] = int(node[k])
+
+    walk(cfg)
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:

@@ -25,7 +25,8 @@ from tests.conftest import ROOT, SLURM, make_cfg
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "climb_hpc.cli", *args, "progress=false"], capture_output=True,
+    quiet = ["progress=false"] if args[0] == "run" else []
+    return subprocess.run([sys.executable, "-m", "climb_hpc.cli", *args, *quiet], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=600)
 
 
@@ -108,6 +109,7 @@ def test_shell_characters_in_run_dir_reach_slurm_as_plain_text(tmp_path, slurm):
     ("corpus.chunk_mb=nan", "expected a number"),
     ("corpus.chunk_mb=inf", "expected a number"),
     ("embed.batch_size=1.5", "whole number"),
+    ("corpus.damaged_files=maybe", "choose one of fail, quarantine"),
     ("clusters.kmeans.k_init=0", "k_init=0"),
     ("search.budget=-3", "search.budget=-3"),
     ("proxy.holdout_fraction=1.0", "must lie in (0, 1)"),
@@ -366,3 +368,16 @@ def test_temporaries_of_a_killed_local_task_are_gone_after_the_rerun(tmp_path):
     assert RunDir(tmp_path).stage_complete("noop")
     assert not stale.exists() and not [p for p in tmp_path.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
     assert not [p for p in (tmp_path / "_tmp").rglob("*") if p.is_file()] if (tmp_path / "_tmp").exists() else True
+
+
+def test_other_commands_refuse_bad_arguments_in_one_line(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    assert_one_line_error(cli("run", f"run_dir={not_a_folder / 'run'}", "until=ingest"), "cannot use", "run folder")
+    assert_one_line_error(cli("run", f"run_dir={tmp_path / ('x' * 300)}", "until=ingest"), "name too long")
+    assert_one_line_error(cli("report", f"run_dir={tmp_path}", "max_points=-5"), "at least 1")
+    assert_one_line_error(cli("report", f"run_dir={tmp_path}", "dpi=abc"), "whole numbers")
+    assert_one_line_error(cli("status", f"run_dir={tmp_path}", "format=yaml"), "format=text|json")
+    p = subprocess.run([sys.executable, "-m", "climb_hpc.task", str(tmp_path), "ingest", "x"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert p.returncode == 2 and "TASK must be a task number" in p.stderr and "Traceback" not in p.stderr

@@ -6,6 +6,7 @@ import logging
 
 from climb_hpc import preempt
 from climb_hpc.config import ConfigError
+from climb_hpc.errors import UserError, one_line
 from climb_hpc.scheduler.base import Executor, Outcome
 from climb_hpc.stage import Resources, Stage
 from climb_hpc.task import execute
@@ -27,6 +28,8 @@ class DebugExecutor(Executor):
                     execute(str(self.rd.path), stage.name, t)
                 except preempt.Preempted:
                     log.warning("task %s/%d preempted in debug mode; it resumes on the next run", stage.name, t)
+                except UserError as e:  # the controller reports it, in one line
+                    log.error("task %s/%d failed: %s", stage.name, t, one_line(str(e)))
                 except Exception:
                     log.exception("task %s/%d failed", stage.name, t)
                 bar.update(1)
