@@ -55,6 +55,11 @@ OWNED_FAMILIES = {"search": "proxy"}
 def stage_names(cfg: DictConfig) -> list[str]:
     """The stages to run, in order, up to and including ``cfg.until``."""
     names = list(cfg.pipeline.stages)
+    if not names:
+        raise ConfigError("pipeline.stages is empty: name the stages to run, e.g. pipeline.stages=[ingest,embed]")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"pipeline.stages names {', '.join(repeated)} more than once; list each stage once")
     for n in names:
         get_stage(n)
     until = cfg.get("until")
@@ -83,10 +88,11 @@ def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:
 def check_config(cfg: DictConfig) -> list[str]:
     """Everything about the config that can be checked before the run folder is touched: values, the stage
     list, every stage's resources (and, on Slurm, its sbatch options). Returns the stages to run."""
-    from climb_hpc.validate import validate
+    from climb_hpc.validate import check_input_paths, validate
 
     validate(cfg)
     names = stage_names(cfg)
+    check_input_paths(cfg, names)
     for name in names:
         stage = get_stage(name)
         res = stage_resources(cfg, stage)

