@@ -399,3 +399,20 @@ def test_unresolvable_interpolations_and_bad_stage_lists_are_config_errors():
                               ("pipeline.stages=[]", "is empty"), ("pipeline.stages=[ingest,ingest]", "more than once")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_config(compose([override]))
+
+
+@pytest.mark.slurm
+def test_an_input_error_on_slurm_is_one_line_and_not_resubmitted(tmp_path, slurm):
+    """A Slurm task that fails on a damaged file records why; the controller stops at once (no resubmission)
+    with the task's one-line message, as on the local executor."""
+    from climb_hpc.pipeline import StageInputError
+
+    corpus = tmp_path / "c.jsonl.gz"
+    corpus.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    run = tmp_path / "run"
+    with pytest.raises(StageInputError, match=re.escape(str(corpus))) as e:
+        run_pipeline(make_cfg(run, *SLURM, f"corpus.paths=[{corpus}]", "until=ingest", "cluster.max_retries=3"))
+    assert "\n" not in str(e.value) and "stage ingest, task 0" in str(e.value)
+    submissions = list((run / "logs" / "ingest" / "slurm").glob("*_submission.sh"))
+    assert len(submissions) == 1, submissions  # submitted once: a retry could not help
+    assert RunDir(run).failures("ingest")[0]["user_error"] is True
