@@ -149,18 +149,25 @@ def _merge(base: dict, new: dict) -> dict:
     return out
 
 
+class RunStateDamaged(UserError):
+    """A file of the run folder's state is not what climb-hpc wrote (edited by hand, or damaged)."""
+
+
 def read_json(path: PathLike, default: Any = None) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return default
+    except (ValueError, UnicodeDecodeError) as e:  # climb-hpc writes them atomically: not a killed writer
+        raise RunStateDamaged(f"{path} is not valid JSON ({e}); it was edited or damaged outside climb-hpc. "
+                              "Restore it, or delete it to have that step redone") from None
 
 
 class RunDir:
     """Paths and state of one run folder. Cheap to construct; holds no open handles but the lock."""
 
     def __init__(self, path: PathLike):
-        self.path = Path(path).resolve()
+        self.path = Path(os.path.expanduser(str(path))).resolve()
         self._lock_fd: Optional[int] = None
 
     def __repr__(self) -> str:
@@ -208,7 +215,11 @@ class RunDir:
                 f"{self.path} is not a climb-hpc run folder (no config.yaml). "
                 f"Start one with: climb-hpc run run_dir={self.path}"
             )
-        return OmegaConf.load(self.config_path)  # type: ignore[return-value]
+        try:
+            return OmegaConf.load(self.config_path)  # type: ignore[return-value]
+        except Exception as e:  # yaml's and OmegaConf's parse errors
+            raise RunStateDamaged(f"{self.config_path} cannot be read ({str(e).splitlines()[0]}); it was edited or "
+                                  "damaged outside climb-hpc: restore it, or start a new run_dir=") from None
 
     def manifest(self) -> dict:
         return read_json(self.manifest_path, default={})

@@ -416,3 +416,22 @@ def test_an_input_error_on_slurm_is_one_line_and_not_resubmitted(tmp_path, slurm
     submissions = list((run / "logs" / "ingest" / "slurm").glob("*_submission.sh"))
     assert len(submissions) == 1, submissions  # submitted once: a retry could not help
     assert RunDir(run).failures("ingest")[0]["user_error"] is True
+
+
+def test_damaged_run_state_and_odd_inputs_are_one_line(tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", f"run_dir={run}", "pipeline=selftest", "selftest.tasks=2", "until=noop",
+               "cluster=debug").returncode == 0
+    (run / "manifest.json").write_text("{not json")
+    assert_one_line_error(cli("status", f"run_dir={run}"), "manifest.json is not valid JSON")
+    (run / "config.yaml").write_text("a: [unclosed\n")
+    assert_one_line_error(cli("run", f"run_dir={run}"), "config.yaml cannot be read")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert_one_line_error(cli("run", f"run_dir={tmp_path / 'e'}", f"corpus.paths=[{empty}]", "until=ingest",
+                              "cluster=debug"), "holds no records")
+    weird = tmp_path / "weird"
+    weird.mkdir()
+    (Path(os.fsdecode(bytes(weird) + b"/bad\xff.jsonl"))).write_text('{"text": "hi"}\n')
+    assert_one_line_error(cli("run", f"run_dir={tmp_path / 'w'}", f"corpus.paths=[{weird}]", "until=ingest",
+                              "cluster=debug"), "not valid UTF-8")

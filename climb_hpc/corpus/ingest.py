@@ -542,6 +542,9 @@ def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
         inp["docs_written"] += s["docs_written"]
     if totals["docs_in"] != totals["docs_written"] + totals["docs_quarantined"]:
         raise RuntimeError(f"ingest: {dict(totals)} does not add up")
+    if totals["docs_in"] == 0:
+        raise InputError(f"ingest: the input holds no records (its {len(all_stats)} task(s) read empty files or "
+                         "row groups); check corpus.paths")
     if totals["docs_written"] == 0:
         raise InputError(
             f"ingest: no document was written; all {totals['docs_in']} records were quarantined "

@@ -156,6 +156,13 @@ def discover_inputs(paths: Sequence[str]) -> list[tuple[Path, str]]:
         raise InputError(
             f"corpus.paths: no input files ({SUPPORTED}) found in {list(paths)}; point corpus.paths at your data"
         )
+    for path, _ in found:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:  # a name os.fsdecode kept as surrogate escapes: ids and reports carry it
+            shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise InputError(f"corpus.paths: the file name {shown} is not valid UTF-8; rename it (document ids and "
+                             "reports carry file names)") from None
     _check_files(found)
     return found
 
