@@ -25,18 +25,17 @@ RUNTIME_KEYS = ("cluster", "run_dir", "until", "dry_run", "format", "progress", 
 
 
 def config_dir() -> Path:
-    """``$CLIMB_HPC_CONFIGS``, else ``configs/`` next to the package (source checkout / editable install)."""
+    """``$CLIMB_HPC_CONFIGS`` when set (it must hold config.yaml), else the tree shipped inside the package
+    (``climb_hpc/configs``; a checkout's ``configs/`` is a link to it)."""
     env = os.environ.get("CLIMB_HPC_CONFIGS")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent
-    candidates += [here.parent / "configs", here / "configs"]
-    for c in candidates:
-        if (c / "config.yaml").exists():
-            return c
-    raise ConfigError(
-        f"cannot find the config tree (looked in {', '.join(map(str, candidates))}); "
-        "install climb-hpc from a checkout with `pip install -e .` or set CLIMB_HPC_CONFIGS"
-    )
+    c = Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent / "configs"
+    if (c / "config.yaml").is_file():
+        return c
+    if env:
+        raise ConfigError(f"CLIMB_HPC_CONFIGS={env}: no config.yaml there; point it at a config tree "
+                          "(a copy of climb_hpc/configs) or unset it to use the one climb-hpc ships")
+    raise ConfigError(f"cannot find the config tree: no config.yaml in {c}; this climb-hpc install is "
+                      "incomplete: reinstall it (its wheel ships climb_hpc/configs) or set CLIMB_HPC_CONFIGS")
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:

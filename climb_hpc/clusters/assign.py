@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
+from climb_hpc.clusters import import_faiss
 from climb_hpc.clusters.kmeans import clusters_cfg, load_centroids, task_threads
 from climb_hpc.embed import load_layout, open_embeddings
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
@@ -107,7 +108,7 @@ def write_whole_shards(path: Path, a: int, b: int, values: np.ndarray) -> None:
 
 def nearest(x: np.ndarray, centroids: np.ndarray, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """(nearest centroid int32, L2 distance float32) for each row of ``x``, exact search."""
-    import faiss
+    faiss = import_faiss()
 
     index = faiss.IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
@@ -136,7 +137,7 @@ def resources(cfg: DictConfig) -> Resources:
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
-    import faiss
+    faiss = import_faiss()
 
     t0 = time.perf_counter()
     layout = load_layout(rd)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig
 
+from climb_hpc.clusters import import_faiss
 from climb_hpc.embed import load_layout, open_embeddings
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
@@ -73,7 +74,7 @@ def read_sample(rd: RunDir, rows: np.ndarray) -> np.ndarray:
 
 def use_gpu(setting: Any) -> bool:
     """``auto``: a GPU when faiss sees one (faiss-gpu build and a device); ``true`` insists on one."""
-    import faiss
+    faiss = import_faiss()
 
     n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if str(setting).lower() == "auto":
@@ -102,7 +103,7 @@ def task_threads(cfg: DictConfig, section: str, stage: Stage) -> int:
 def fit(x: np.ndarray, k: int, *, niter: int, nredo: int, seed: int, gpu: bool,
         min_points_per_centroid: int, max_points_per_centroid: int | None) -> tuple[np.ndarray, float, list[float]]:
     """faiss k-means on ``x`` [n, d] float32 -> (centroids [k, d], final objective, objective per iteration)."""
-    import faiss
+    faiss = import_faiss()
 
     km = faiss.Kmeans(x.shape[1], k, niter=int(niter), nredo=int(nredo), seed=int(seed), gpu=gpu, verbose=False,
                       min_points_per_centroid=int(min_points_per_centroid),
@@ -143,7 +144,7 @@ def resources(cfg: DictConfig) -> Resources:
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
-    import faiss
+    faiss = import_faiss()
 
     if task != 0:
         raise IndexError(f"kmeans has 1 task; there is no task {task}")
