@@ -10,6 +10,7 @@ import logging
 import platform
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from climb_hpc import __version__
+from climb_hpc._version import __version__
 from climb_hpc.config import ConfigError, differing_keys
 from climb_hpc.errors import UserError, one_line
 from climb_hpc.rundir import RunDir
-from climb_hpc.stage import Resources, Stage, get_stage
+from climb_hpc.stage import Resources, RunStageFn, Stage, get_stage, stage_resources
 
 if TYPE_CHECKING:
     from climb_hpc.scheduler.base import Executor
@@ -68,21 +69,6 @@ def stage_names(cfg: DictConfig) -> list[str]:
             raise ConfigError(f"until={until} is not a stage of this pipeline ({', '.join(names)})")
         names = names[: names.index(until) + 1]
     return names
-
-
-def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:
-    """The stage's own resources, overridden by ``cluster.stage_resources.<stage>`` when given
-    (``<family>`` for a stage family such as ``proxy/<group>``)."""
-    res = stage.resources(cfg)
-    override = OmegaConf.select(cfg, f"cluster.stage_resources.{stage.name.partition('/')[0]}")
-    if override:
-        fields = {k: v for k, v in OmegaConf.to_container(override).items()}  # type: ignore[union-attr]
-        unknown = set(fields) - set(Resources.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"cluster.stage_resources.{stage.name}: unknown keys {sorted(unknown)}; "
-                              f"allowed: {sorted(Resources.__dataclass_fields__)}")
-        res = Resources(**{**res.__dict__, **fields})
-    return res
 
 
 def check_config(cfg: DictConfig) -> list[str]:
@@ -192,7 +178,7 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
                   "outputs, so nothing is written for it")
             return None
         with _recorded(rd, stage.name, "drive"):
-            stage.drive(cfg, rd, executor)
+            stage.drive(cfg, rd, stage_runner(cfg, rd, executor))
         return _complete(cfg, rd, stage, 0, 0, t0)
     with _recorded(rd, stage.name, "prepare"):
         n, res = prepare_stage(cfg, rd, stage)
@@ -220,6 +206,11 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
             + "\nFix the cause and run the same command again: finished tasks are kept."
         )
     return _complete(cfg, rd, stage, n, ran, t0)
+
+
+def stage_runner(cfg: DictConfig, rd: RunDir, executor: Executor) -> RunStageFn:
+    """What a driver stage runs its sub-stages with: ``run_stage(stage)``, on this run and executor."""
+    return lambda stage: run_stage(cfg, rd, stage, executor)
 
 
 @contextlib.contextmanager
@@ -269,6 +260,31 @@ def finalize_stage(cfg: DictConfig, rd: RunDir, stage: Stage) -> StageResult:
             + ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "") + "".join(errors)
             + "\nRun them again (tasks with a marker skip), then finalize again.")
     return _complete(cfg, rd, stage, n, 0, t0)
+
+
+def hand_launch(run_dir: str, stage_name: str, action: str) -> int:
+    """``prepare`` (returns the task count) or ``finalize`` a stage whose tasks are launched by hand
+    (``python -m climb_hpc.task RUN STAGE prepare|finalize``), under the run folder's lock."""
+    with RunDir(run_dir) as rd:
+        cfg = rd.load_config()
+        stage = get_stage(stage_name)
+        names = list(cfg.pipeline.stages)
+        if stage_name not in names or stage.drive is not None:
+            raise ConfigError(f"{stage_name} is not an array stage of this run's pipeline ({', '.join(names)})")
+        before = [s for s in names[: names.index(stage_name)] if not rd.stage_complete(s)]
+        if before:
+            raise ConfigError(f"stage {stage_name} needs the stages before it; not complete: {', '.join(before)}. "
+                              f"Run them first: climb-hpc run run_dir={rd.path} until={before[-1]}")
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answer alone
+            if action == "prepare":
+                n, _ = prepare_stage(cfg, rd, stage)
+            elif rd.stage_complete(stage_name):
+                n = -1
+                log.info("stage %s is already complete", stage_name)
+            else:
+                n = finalize_stage(cfg, rd, stage).num_tasks
+                log.info("stage %s complete: %d task(s)", stage_name, n)
+    return n
 
 
 def _complete(cfg: DictConfig, rd: RunDir, stage: Stage, n: int, ran: int, t0: float) -> StageResult:

@@ -3,7 +3,7 @@
 For a corpus size (``plan.corpus_tokens``) and a cluster profile, every stage gets a work estimate: FLOP for
 model work (encoder, k-means, proxy trials, teacher correction, importance, distillation), core-seconds for
 the CPU stages. Throughput assumptions (``configs/plan/default.yaml``) turn work into hours; the job shape the
-scheduler would request (``climb_hpc.pipeline.stage_resources``: nodes x tasks_per_node x gpus, cpus, mem)
+scheduler would request (``climb_hpc.stage.stage_resources``: nodes x tasks_per_node x gpus, cpus, mem)
 turns hours into GPU-, core- and node-hours and, with the cluster's size and ``cluster.array_parallelism``,
 into wall time. Stages run one after another, so the critical path is the sum of their walls. The
 reservation asks for the most nodes any stage keeps busy, for that wall time times a margin.
@@ -506,8 +506,7 @@ def _minitron(name: str, cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
 
 def resources_of(name: str, cfg: DictConfig) -> tuple[Resources, bool]:
     """(a task's resources as the scheduler would request them, whether it checkpoints and resumes)."""
-    from climb_hpc.pipeline import stage_resources
-    from climb_hpc.stage import get_stage
+    from climb_hpc.stage import get_stage, stage_resources
 
     if name == "report":
         return Resources(cpus=1, time_min=60), False

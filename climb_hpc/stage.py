@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from climb_hpc.errors import ConfigError
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
@@ -46,7 +48,10 @@ TaskFn = Callable[[DictConfig, "RunDir", int], None]
 CountFn = Callable[[DictConfig, "RunDir"], int]
 ResourcesFn = Callable[[DictConfig], Resources]
 FinalizeFn = Callable[[DictConfig, "RunDir"], None]
-DriveFn = Callable[[DictConfig, "RunDir", Any], None]  # (cfg, run_dir, executor)
+#: What a driver stage is handed: run_stage(stage) runs that stage in the controller as the pipeline runs its
+#: own (its unfinished tasks, the retries, its finalize) and returns once it is complete; None on a dry run.
+RunStageFn = Callable[["Stage"], Any]
+DriveFn = Callable[[DictConfig, "RunDir", RunStageFn], None]  # (cfg, run_dir, run_stage)
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,10 @@ class Stage:
     checkpointable: the task polls ``climb_hpc.preempt.requested()``, saves its state and raises
                    ``Preempted``; the scheduler then requeues it and it resumes from that state
     drive:         for a stage that launches other stages as it goes (the search: one array of proxy
-                   trials a round): drive(cfg, run_dir, executor) runs in the controller instead of
-                   tasks. It hands the executor on (``climb_hpc.proxy.run_mixtures``) and never
-                   touches Slurm itself; it must be idempotent (a relaunch replays finished rounds
-                   from the run folder)
+                   trials a round): drive(cfg, run_dir, run_stage) runs in the controller instead of
+                   tasks. It runs its sub-stages through ``run_stage`` (``climb_hpc.proxy.run_mixtures``)
+                   and never touches the executor or Slurm itself; it must be idempotent (a relaunch
+                   replays finished rounds from the run folder)
     """
 
     name: str
@@ -107,8 +112,6 @@ GROUPS: dict[str, str] = {
 
 
 def get_stage(name: str) -> Stage:
-    from climb_hpc.config import ConfigError
-
     family, _, group = name.partition("/")
     if group and family in GROUPS:
         module, attr = GROUPS[family].split(":")
@@ -120,3 +123,18 @@ def get_stage(name: str) -> Stage:
         raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(REGISTRY)}") from None
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:
+    """The stage's own resources, overridden by ``cluster.stage_resources.<stage>`` when given
+    (``<family>`` for a stage family such as ``proxy/<group>``)."""
+    res = stage.resources(cfg)
+    override = OmegaConf.select(cfg, f"cluster.stage_resources.{stage.name.partition('/')[0]}")
+    if override:
+        fields = {k: v for k, v in OmegaConf.to_container(override).items()}  # type: ignore[union-attr]
+        unknown = set(fields) - set(Resources.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"cluster.stage_resources.{stage.name}: unknown keys {sorted(unknown)}; "
+                              f"allowed: {sorted(Resources.__dataclass_fields__)}")
+        res = Resources(**{**res.__dict__, **fields})
+    return res

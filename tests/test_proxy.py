@@ -21,14 +21,15 @@ import torch
 from climb_hpc.corpus import iter_doc_shards
 from climb_hpc.corpus.tokenize import cluster_ids, load_cluster, tokenizer_dir
 from climb_hpc.corpus.tokenizer import load_fast
-from climb_hpc.pipeline import open_run
+from climb_hpc.pipeline import open_run, stage_runner
 from climb_hpc.proxy import run_mixtures
 from climb_hpc.proxy.sampler import ClusterStream, MixtureSampler, exact_counts, heldout_mask, training_streams
 from climb_hpc.proxy.stage import group_dir, trial_dir
 from climb_hpc.proxy.targets import TargetError, choice_logprobs, mc_accuracy, read_mc
-from climb_hpc.proxy.train import lr_at, run_trial
+from climb_hpc.proxy.train import run_trial
 from climb_hpc.rundir import RunDir, read_json
 from climb_hpc.scheduler import make_executor
+from climb_hpc.training import lr_at
 from tests.conftest import SLURM, SMALL_PROXY, clone_run, make_cfg, tokenized_run, wait_for_lines
 
 UNIFORM = {c: 1.0 for c in range(7)}
@@ -117,7 +118,7 @@ def clone(src: Path, dst: Path, *overrides: str):
 def run_group(cfg, group: str, mixtures: list[dict]) -> list[dict]:
     with RunDir(cfg.run_dir) as rd:
         open_run(cfg, rd)
-        return run_mixtures(cfg, rd, make_executor(cfg, rd), group, mixtures)
+        return run_mixtures(cfg, rd, stage_runner(cfg, rd, make_executor(cfg, rd)), group, mixtures)
 
 
 def test_heldout_docs_never_reach_training(tokenized):

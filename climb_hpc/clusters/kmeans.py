@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from climb_hpc.clusters import import_faiss
 from climb_hpc.embed import load_layout, open_embeddings
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
-from climb_hpc.stage import Resources, Stage
+from climb_hpc.stage import Resources, Stage, stage_resources
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -88,8 +88,6 @@ def use_gpu(setting: Any) -> bool:
 def task_threads(cfg: DictConfig, section: str, stage: Stage) -> int:
     """faiss OpenMP threads: ``clusters.<section>.threads``, else the task's CPUs (overrides included)."""
     import os
-
-    from climb_hpc.pipeline import stage_resources
 
     t = clusters_cfg(cfg, section).get("threads")
     n = int(t) if t else stage_resources(cfg, stage).cpus

@@ -38,7 +38,7 @@ from climb_hpc.corpus import doc_shard_paths
 from climb_hpc.embed import store
 from climb_hpc.embed.store import NAME
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
-from climb_hpc.stage import Resources, Stage
+from climb_hpc.stage import Resources, Stage, stage_resources
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
@@ -112,8 +112,6 @@ def task_threads(cfg: DictConfig) -> int:
 
     Fixed by config rather than by the environment, so every executor computes with the same thread
     count (CPU GEMMs may round differently with another count)."""
-    from climb_hpc.pipeline import stage_resources
-
     cpus = stage_resources(cfg, STAGE).cpus
     try:
         usable = len(os.sched_getaffinity(0))

@@ -109,7 +109,7 @@ def correct_phase(cfg: DictConfig, rd: RunDir, teacher: Path) -> Phase:
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     from climb_hpc.minitron import ds
     from climb_hpc.minitron.engine import run_phase
-    from climb_hpc.proxy.train import torch_threads
+    from climb_hpc.training import torch_threads
 
     m = _m(cfg)
     s = m.correct

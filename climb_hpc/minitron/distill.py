@@ -157,8 +157,8 @@ def distill_phase(cfg: DictConfig, rd: RunDir) -> Phase:
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     from climb_hpc.minitron import ds
     from climb_hpc.minitron.engine import run_phase
-    from climb_hpc.proxy.train import torch_threads
     from climb_hpc.rundir import read_json
+    from climb_hpc.training import torch_threads
 
     s = _m(cfg).distill
     if read_json(rd.stage_dir(NAME) / "metrics.json") is not None and (rd.path / "student").exists():

@@ -6,7 +6,7 @@ where to write. The engine:
 
 * builds the model and a client ``torch.optim.AdamW`` (weight decay on matrices), wraps both with
   ``deepspeed.initialize`` (ZeRO stage from config), sets the LR of each step from the step itself
-  (``climb_hpc.proxy.train.lr_at``: warmup then cosine or WSD; no scheduler state to restore);
+  (``climb_hpc.training.lr_at``, as the proxies: warmup then cosine or WSD; no scheduler state to restore);
 * runs gradient accumulation through DeepSpeed (``engine.backward``/``engine.step`` per micro-batch);
 * logs one line a step to ``<work>/train_log.jsonl`` (rank 0);
 * every ``ckpt_every`` steps, and at once when any rank saw a preemption request (``ds.agree``),
@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from climb_hpc import preempt
 from climb_hpc.minitron import ds
 from climb_hpc.minitron.data import PhaseData, micro_batch
-from climb_hpc.proxy.train import lr_at
-from climb_hpc.proxy.train import make_optimizer as proxy_optimizer
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
+from climb_hpc.training import lr_at
+from climb_hpc.training import make_optimizer as adamw
 
 
 class Trainable(torch.nn.Module):
@@ -107,8 +107,9 @@ def num_steps(section: Mapping[str, Any]) -> int:
 
 
 def make_optimizer(module: torch.nn.Module, section: Mapping[str, Any], gpu: bool) -> torch.optim.AdamW:
-    """The proxies' AdamW (decay on matrices only; fused on GPU, foreach on CPU) over ``section``'s settings."""
-    return proxy_optimizer(module, section, torch.device("cuda" if gpu else "cpu"))
+    """The proxies' AdamW (``climb_hpc.training``: decay on matrices only; fused on GPU, foreach on CPU) over
+    ``section``'s settings."""
+    return adamw(module, section, torch.device("cuda" if gpu else "cpu"))
 
 
 def _host() -> str:

@@ -248,8 +248,8 @@ def summary_of(imp: dict[str, Any], k: int = 5) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
-    from climb_hpc.proxy.train import torch_threads
     from climb_hpc.rundir import atomic_path, atomic_write_json
+    from climb_hpc.training import torch_threads
 
     s = _m(cfg).importance
     with torch_threads(int(s.get("cpus") or 1)):

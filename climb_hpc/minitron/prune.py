@@ -206,8 +206,8 @@ def targets_of(cfg: DictConfig) -> dict[str, Any]:
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     from climb_hpc.minitron.importance import NAME as IMPORTANCE
     from climb_hpc.minitron.importance import teacher_dir
-    from climb_hpc.proxy.train import torch_threads
     from climb_hpc.rundir import atomic_write_json
+    from climb_hpc.training import torch_threads
 
     s = _m(cfg).prune
     src = Path(s.model) if s.get("model") else teacher_dir(cfg, rd)

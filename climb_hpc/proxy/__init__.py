@@ -1,6 +1,6 @@
 """Proxy trials: train a small LM on a mixture of the clusters and score it on the target.
 
-``run_mixtures(cfg, run_dir, executor, group, mixtures)`` runs N trials as one array (the search
+``run_mixtures(cfg, run_dir, run_stage, group, mixtures)`` runs N trials as one array (the search
 calls it once a round); ``train.run_trial`` is one trial; ``sampler`` draws the training sequences;
 ``targets`` scores the trained model.
 """

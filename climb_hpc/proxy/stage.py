@@ -21,7 +21,7 @@ from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
-    from climb_hpc.scheduler.base import Executor
+    from climb_hpc.stage import RunStageFn
 
 ROOT = "proxy"
 _GROUP = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -104,21 +104,20 @@ def plan_trials(rd: RunDir, group: str, mixtures: Sequence[Mixture], seeds: Sequ
     return plan
 
 
-def run_mixtures(cfg: DictConfig, rd: RunDir, executor: Executor, group: str, mixtures: Sequence[Mixture],
+def run_mixtures(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn, group: str, mixtures: Sequence[Mixture],
                  seeds: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
-    """Train and score one proxy a mixture, as one array (stage ``proxy/<group>``); returns each trial's
-    ``{trial, weights, seed, value, direction, metrics}`` in order.
+    """Train and score one proxy a mixture, as one array (stage ``proxy/<group>``, run with ``run_stage``,
+    what the search's ``drive`` is handed); returns each trial's ``{trial, weights, seed, value, direction,
+    metrics}`` in order.
 
     ``seeds`` default to ``proxy.seed`` (else the run seed) for every trial: trials then differ only by
     their mixture. Raises ``StageFailed`` when trials still fail after the retries."""
-    from climb_hpc.pipeline import run_stage
-
     if seeds is None:
         seed = cfg.proxy.get("seed")
         seeds = [int(cfg.seed if seed is None else seed)] * len(mixtures)
     plan_trials(rd, group, mixtures, seeds)
     stage = trial_stage(group)
     if not rd.stage_complete(stage.name):
-        if run_stage(cfg, rd, stage, executor) is None:
+        if run_stage(stage) is None:
             return []  # dry run
     return _collect(rd, group)

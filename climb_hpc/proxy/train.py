@@ -1,9 +1,9 @@
 """One proxy trial: train a fresh LM on a mixture, checkpointing so a preempted trial resumes exactly.
 
 The loop is plain PyTorch on purpose: AdamW, an LR computed from the step (so a resumed run needs no
-scheduler state), gradient accumulation, bf16 autocast where the hardware has it. A checkpoint holds the model, the
-optimizer, the step, the loss history and the RNG states; the data position is the step itself (the
-sampler's plan is fixed by the seed). With the same thread count, a trial stopped and resumed any
+scheduler state; both from ``climb_hpc.training``, shared with the Minitron engine), gradient accumulation,
+bf16 autocast where the hardware has it. A checkpoint holds the model, the optimizer, the step, the loss
+history and the RNG states; the data position is the step itself (the sampler's plan is fixed by the seed). With the same thread count, a trial stopped and resumed any
 number of times ends with exactly the weights and losses of one that never stopped.
 
 Trial folder::
@@ -37,6 +37,7 @@ from climb_hpc import preempt
 from climb_hpc.proxy.model import build_model, count_params, train_flops_per_token
 from climb_hpc.proxy.sampler import MixtureSampler, training_streams
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
+from climb_hpc.training import lr_at, make_optimizer, torch_threads
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -50,37 +51,6 @@ if TYPE_CHECKING:
 def num_steps(pcfg: Mapping[str, Any]) -> int:
     per_step = int(pcfg["batch_size"]) * int(pcfg["seq_len"])
     return max(1, math.ceil(int(pcfg["tokens"]) / per_step))
-
-
-def lr_at(step: int, total: int, ocfg: Mapping[str, Any]) -> float:
-    """LR of optimizer step ``step`` (0-based): linear warmup, then cosine or WSD down to lr * min_lr_ratio."""
-    peak, floor = float(ocfg["lr"]), float(ocfg["lr"]) * float(ocfg.get("min_lr_ratio", 0.1))
-    w = float(ocfg.get("warmup", 0.0))
-    warmup = int(round(w * total)) if w < 1 else int(w)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    schedule = str(ocfg.get("schedule", "cosine"))
-    if schedule == "cosine":
-        t = (step - warmup) / max(1, total - warmup - 1)
-        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    if schedule == "wsd":
-        decay = max(1, int(round(float(ocfg.get("decay", 0.2)) * total)))
-        start = total - decay
-        if step < start:
-            return peak
-        return peak + (floor - peak) * (step - start + 1) / decay
-    raise ValueError(f"proxy.optim.schedule={schedule!r}: choose cosine or wsd")
-
-
-def make_optimizer(model: torch.nn.Module, ocfg: Mapping[str, Any], device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; fused kernels on GPU, foreach on CPU (dep-probe trap 2)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": float(ocfg.get("weight_decay", 0.0))},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=float(ocfg["lr"]), betas=tuple(ocfg.get("betas", (0.9, 0.95))),
-                             eps=float(ocfg.get("eps", 1e-8)), **kind)
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -117,17 +87,6 @@ def autocast_for(precision: str, device: torch.device) -> Any:
     if precision == "bf16":
         return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Pin torch's intra-op threads (results depend on the thread count; the debug executor shares a process)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- checkpoints

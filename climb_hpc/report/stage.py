@@ -8,7 +8,7 @@ page at any time, also while a run is going: ``climb-hpc report run_dir=DIR``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -16,6 +16,7 @@ from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
+    from climb_hpc.stage import RunStageFn
 
 NAME = "report"
 
@@ -28,7 +29,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     print(f"report: {write_report(rd.path)}", flush=True)
 
 
-def drive(cfg: DictConfig, rd: RunDir, executor: Any) -> None:
+def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
     run(cfg, rd, 0)
 
 

@@ -7,9 +7,9 @@ import logging
 from climb_hpc import preempt
 from climb_hpc.config import ConfigError
 from climb_hpc.errors import UserError, one_line
+from climb_hpc.execute import execute
 from climb_hpc.scheduler.base import Executor, Outcome
 from climb_hpc.stage import Resources, Stage
-from climb_hpc.task import execute
 
 log = logging.getLogger("climb_hpc")
 

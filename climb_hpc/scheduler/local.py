@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from climb_hpc.execute import EXIT_PREEMPTED
 from climb_hpc.scheduler.base import Executor, Outcome
 from climb_hpc.scheduler.distributed import free_port, local_env
 from climb_hpc.stage import Resources, Stage
-from climb_hpc.task import EXIT_PREEMPTED
 
 log = logging.getLogger("climb_hpc")
 MAX_RESUMES = 100

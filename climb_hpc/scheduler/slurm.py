@@ -1,7 +1,7 @@
 """Tasks as Slurm job arrays through submitit: the only module that imports submitit.
 
 One stage = one job array (split at the cluster's MaxArraySize, the parts chained so the ``%N``
-throttle holds overall). Each array element runs ``SlurmTask`` -> ``climb_hpc.task.execute``.
+throttle holds overall). Each array element runs ``SlurmTask`` -> ``climb_hpc.execute.execute``.
 Preemption: for a checkpointable stage the USR2 signal only raises a flag; the task saves at its next
 safe point and raises ``Preempted``, and then submitit's own handler requeues the job (timeouts are
 requeued at most ``cluster.max_num_timeout`` times). Job ids are kept in the run folder, so a

@@ -25,7 +25,7 @@ class SlurmTask(submitit.helpers.Checkpointable):
         self.run_dir, self.stage, self.checkpointable = run_dir, stage, checkpointable
 
     def __call__(self, task: int) -> str:
-        from climb_hpc.task import execute
+        from climb_hpc.execute import execute
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         env = submitit.JobEnvironment()

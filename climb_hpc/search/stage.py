@@ -31,7 +31,7 @@ from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
-    from climb_hpc.scheduler.base import Executor
+    from climb_hpc.stage import RunStageFn
 
 NAME = "search"
 
@@ -80,7 +80,7 @@ def references(cfg: DictConfig, rd: RunDir, clusters: list[int]) -> dict[str, di
     return {n: _mixture(clusters, known[n]) for n in names}
 
 
-def drive(cfg: DictConfig, rd: RunDir, executor: Executor) -> None:
+def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
     from climb_hpc.corpus.tokenize import cluster_ids
     from climb_hpc.proxy import run_mixtures
     from climb_hpc.proxy.targets import DIRECTION, check_target
@@ -102,7 +102,7 @@ def drive(cfg: DictConfig, rd: RunDir, executor: Executor) -> None:
     def evaluate(indices: list[int]) -> list[float]:
         r = 1 + len({t["round"] for t in trials})
         group = f"{strategy}_r{r}"
-        rows = run_mixtures(cfg, rd, executor, group, [_mixture(clusters, pool[i]) for i in indices])
+        rows = run_mixtures(cfg, rd, run_stage, group, [_mixture(clusters, pool[i]) for i in indices])
         for i, row in zip(indices, rows, strict=True):
             trials.append({"round": r, "group": group, "trial": row["trial"], "pool_index": int(i),
                            "weights": row["weights"], "value": row["value"]})
@@ -119,7 +119,7 @@ def drive(cfg: DictConfig, rd: RunDir, executor: Executor) -> None:
     result = STRATEGIES[strategy](pool, evaluate, int(s.budget), **kwargs)
 
     refs = references(cfg, rd, clusters)
-    ref_rows = run_mixtures(cfg, rd, executor, "references", list(refs.values())) if refs else []
+    ref_rows = run_mixtures(cfg, rd, run_stage, "references", list(refs.values())) if refs else []
     _write_result(cfg, rd, strategy, direction, clusters, pool, trials, result, refs, ref_rows)
 
 

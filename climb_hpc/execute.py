@@ -1,0 +1,58 @@
+"""Execute one task of one stage: the code every executor runs, wherever the task lands.
+
+``execute`` loads the run's saved config, skips a task whose marker exists, runs the stage function,
+and writes the completion marker last (rank 0 only). A failure is recorded in the run folder with
+its traceback, so `climb-hpc status` can show it whatever the executor.
+
+The debug executor and a Slurm array element (``scheduler/slurm_task.py``) call it in their own process;
+the local executor and hand launches run it through the program ``python -m climb_hpc.task``
+(``climb_hpc/task.py``). It imports only the run folder and the stage, so that a task starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from typing import Optional
+
+from climb_hpc import preempt
+from climb_hpc.errors import UserError, one_line
+from climb_hpc.rundir import RunDir, task_temps
+from climb_hpc.stage import get_stage
+
+log = logging.getLogger("climb_hpc")
+
+#: Exit code of a task process that saved its state on a preemption request (EX_TEMPFAIL).
+EXIT_PREEMPTED = 75
+
+
+def global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = None) -> str:
+    """Run one task; returns "done", "skipped" (marker existed) or raises (``Preempted`` included)."""
+    rd = RunDir(run_dir)
+    if rd.is_done(stage_name, task):
+        return "skipped"
+    cfg = rd.load_config()
+    stage = get_stage(stage_name)
+    t0 = time.time()
+    try:
+        with task_temps(rd.path, stage_name, task, global_rank()):  # an earlier attempt's leftovers go first
+            stage.run(cfg, rd, task)
+    except preempt.Preempted:
+        raise
+    except UserError as e:  # bad input or config: the message says what to do; retrying cannot help
+        rd.mark_failed(stage_name, task, error=one_line(str(e)), log=log_path, user_error=True)
+        raise
+    except Exception as e:  # not BaseException: a requeue exits through SystemExit and is no failure
+        tb = traceback.format_exc(limit=-8)
+        rd.mark_failed(stage_name, task, error=f"{type(e).__name__}: {e}\n{tb}", log=log_path)
+        raise
+    if global_rank() == 0:
+        rd.mark_done(stage_name, task, seconds=round(time.time() - t0, 3), log=log_path,
+                     restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+    return "done"
