@@ -76,17 +76,23 @@ def cmd_status(args: list[str]) -> int:
     if kv.get("format") == "json":
         print(json.dumps({"run_dir": str(RunDir(kv["run_dir"]).path), "stages": rows}, indent=2))
         return 0
-    print(f"{'stage':<12}{'done':>8}{'total':>8}{'failed':>8}  state")
+    print(f"{'stage':<20}{'done':>8}{'total':>8}{'failed':>8}  state")
     for r in rows:
-        total = "?" if r["total"] is None else r["total"]
-        state = "complete" if r["complete"] else ("failed" if r["failed"] else ("running" if r["done"] else "waiting"))
-        print(f"{r['stage']:<12}{r['done']:>8}{total:>8}{r['failed']:>8}  {state}")
+        _status_line(r, r["stage"])
+        for part in r.get("parts", []):  # a driver stage's arrays (the search's rounds)
+            _status_line(part, "  " + part["stage"])
         if r["stage_failure"]:
             f = r["stage_failure"]
             print(f"    {f.get('step', 'stage')} failed: {(f.get('error') or '').splitlines()[0]}")
         for f in r["failures"][:5]:
             print(f"    task {f['task']}: {f['error']}\n      log: {f['log']}")
     return 0
+
+
+def _status_line(r: dict, label: str) -> None:
+    total = "?" if r["total"] is None else r["total"]
+    state = "complete" if r["complete"] else ("failed" if r["failed"] else ("running" if r["done"] else "waiting"))
+    print(f"{label:<20}{r['done']:>8}{total:>8}{r['failed']:>8}  {state}")
 
 
 def cmd_report(args: list[str]) -> int:

@@ -322,27 +322,40 @@ def run_pipeline(cfg: DictConfig) -> list[StageResult]:
     return results
 
 
+def _status_row(rd: RunDir, name: str, total: Optional[int]) -> dict:
+    failed = rd.failures(name)
+    stage_failure = rd.stage_failure(name)
+    return {
+        "stage": name,
+        "done": len(rd.done_tasks(name)),
+        "total": total,
+        "complete": rd.stage_complete(name),
+        "failed": len(failed) + (stage_failure is not None),
+        "stage_failure": stage_failure,
+        "failures": [{"task": t, "error": f.get("error", "").splitlines()[0] if f.get("error") else "",
+                      "log": f.get("log")} for t, f in sorted(failed.items())],
+        "logs": str(rd.path / "logs" / name),
+    }
+
+
 def status(rd: RunDir) -> list[dict]:
-    """Per stage: done / total / failed (with log paths), from the run folder alone."""
+    """Per stage: done / total / failed (with log paths), from the run folder alone. A driver stage (the
+    search) counts the tasks of the arrays it launched (its rounds of proxy trials), listed under ``parts``."""
     cfg = rd.load_config()
     manifest = rd.manifest().get("stages", {})
     rows = []
     for name in cfg.pipeline.stages:
-        total = manifest.get(name, {}).get("num_tasks")
-        done = len(rd.done_tasks(name))
-        failed = rd.failures(name)
-        stage_failure = rd.stage_failure(name)
-        rows.append({
-            "stage": name,
-            "done": done,
-            "total": total,
-            "complete": rd.stage_complete(name),
-            "failed": len(failed) + (stage_failure is not None),
-            "stage_failure": stage_failure,
-            "failures": [{"task": t, "error": f.get("error", "").splitlines()[0] if f.get("error") else "",
-                          "log": f.get("log")} for t, f in sorted(failed.items())],
-            "logs": str(rd.path / "logs" / name),
-        })
+        row = _status_row(rd, name, manifest.get(name, {}).get("num_tasks"))
+        family = OWNED_FAMILIES.get(name)
+        if family:
+            parts = [_status_row(rd, k, v.get("num_tasks")) for k, v in manifest.items() if k.startswith(family + "/")]
+            row["parts"] = parts
+            if parts:
+                row["done"] = sum(p["done"] for p in parts)
+                row["total"] = sum(p["total"] or 0 for p in parts)
+                row["failed"] += sum(p["failed"] for p in parts)
+                row["failures"] = [{**f, "task": f"{p['stage']}/{f['task']}"} for p in parts for f in p["failures"]]
+        rows.append(row)
     return rows
 
 

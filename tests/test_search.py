@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from climb_hpc.corpus.tokenize import load_cluster
-from climb_hpc.pipeline import run_pipeline
+from climb_hpc.pipeline import run_pipeline, status
 from climb_hpc.proxy.sampler import heldout_mask
 from climb_hpc.rundir import RunDir, read_json
 from climb_hpc.search.mix import load_mixed
@@ -57,6 +58,9 @@ def test_climb_search_rounds_bookkeeping_and_rerun_does_nothing(tokenized, tmp_p
     assert mixture["source"] == "search" and mixture["weights"] == best["weights"]
     before = _metrics_mtimes(run)
     assert len(before) == 9  # 7 trials + 2 references
+    search = next(r for r in status(RunDir(run)) if r["stage"] == "search")  # the search's rounds, counted
+    assert search["complete"] and search["done"] == search["total"] == 9 and search["failed"] == 0
+    assert [p["stage"] for p in search["parts"] if "climb_r" in p["stage"]] == [f"proxy/climb_r{k}" for k in (1, 2, 3)]
     results = run_pipeline(cfg)
     assert [x.ran for x in results] == [0, 0, 0, 0] and _metrics_mtimes(run) == before
 
@@ -84,6 +88,13 @@ def test_killed_search_resumes_where_it_stopped_and_matches_an_uninterrupted_one
     assert not (run / "search" / "result.json").exists()
     round1 = {k: v for k, v in _metrics_mtimes(run).items() if "climb_r1" in k}
     assert len(round1) == 4
+    search = next(r for r in status(RunDir(run)) if r["stage"] == "search")  # not "0 0 0 waiting"
+    parts = {p["stage"]: p for p in search["parts"]}
+    assert not search["complete"] and search["done"] >= 4
+    assert parts["proxy/climb_r1"]["complete"] and parts["proxy/climb_r1"]["done"] == 4
+    shown = subprocess.run([sys.executable, "-m", "climb_hpc.cli", "status", f"run_dir={run}"], capture_output=True,
+                           text=True, cwd=ROOT).stdout
+    assert re.search(r"^  proxy/climb_r1\s+4\s+4\s+0  complete$", shown, re.M), shown
     run_pipeline(cfg)
     assert {k: v for k, v in _metrics_mtimes(run).items() if "climb_r1" in k} == round1  # not rerun
     a, b = read_json(Path(ref.run_dir) / "search" / "result.json"), read_json(run / "search" / "result.json")
