@@ -20,7 +20,7 @@ from typing import Optional
 from climb_hpc import preempt
 from climb_hpc.errors import UserError, one_line
 from climb_hpc.rundir import RunDir, task_temps
-from climb_hpc.stage import get_stage
+from climb_hpc.stage import get_stage, task_config
 
 log = logging.getLogger("climb_hpc")
 
@@ -42,7 +42,7 @@ def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = 
     t0 = time.time()
     try:
         with task_temps(rd.path, stage_name, task, global_rank()):  # an earlier attempt's leftovers go first
-            stage.run(cfg, rd, task)
+            stage.run(task_config(cfg, stage), rd, task)  # the resources the scheduler requested
     except preempt.Preempted:
         raise
     except UserError as e:  # bad input or config: the message says what to do; retrying cannot help

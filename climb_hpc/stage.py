@@ -66,6 +66,8 @@ class Stage:
                    the stage counts as complete only after it returns
     checkpointable: the task polls ``climb_hpc.preempt.requested()``, saves its state and raises
                    ``Preempted``; the scheduler then requeues it and it resumes from that state
+    section:       the dotted config key of the stage's own settings (``minitron.correct``); a task sees the
+                   resolved resources there (:func:`task_config`)
     drive:         for a stage that launches other stages as it goes (the search: one array of proxy
                    trials a round): drive(cfg, run_dir, run_stage) runs in the controller instead of
                    tasks. It runs its sub-stages through ``run_stage`` (``climb_hpc.proxy.run_mixtures``)
@@ -79,6 +81,7 @@ class Stage:
     resources: ResourcesFn = lambda cfg: Resources()
     finalize: Optional[FinalizeFn] = None
     checkpointable: bool = False
+    section: Optional[str] = None
     drive: Optional[DriveFn] = None
 
 
@@ -123,6 +126,20 @@ def get_stage(name: str) -> Stage:
         raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(REGISTRY)}") from None
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def task_config(cfg: DictConfig, stage: Stage) -> DictConfig:
+    """The config a task of ``stage`` runs with: its config section (``stage.section``) carries the resolved
+    resources, the ones the scheduler requested (:func:`stage_resources`, cluster overrides included), so the
+    code never reads a second copy: a ``cluster.stage_resources.correct.gpus: 1`` is the GPU the task uses."""
+    if not stage.section:
+        return cfg
+    res = stage_resources(cfg, stage)
+    out = cfg.copy()
+    node = OmegaConf.select(out, stage.section)
+    for key in ("cpus", "gpus", "nodes", "tasks_per_node", "mem_gb", "time_min"):
+        node[key] = getattr(res, key)
+    return out
 
 
 def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:

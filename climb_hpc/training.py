@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -57,3 +58,16 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def task_device(section: Mapping[str, Any]) -> torch.device:
+    """The device of a task given ``section["gpus"]`` GPUs (its resolved resources): CUDA when it has GPUs,
+    else the CPU. A task given GPUs that torch cannot see fails: it never trains on the CPU of a GPU node."""
+    gpus = int(section.get("gpus") or 0)
+    if gpus <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"this task was given {gpus} GPU(s), but torch {torch.__version__} sees no CUDA device "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): install a CUDA build "
+                           "of torch, or give the stage gpus: 0 to run on CPUs")
+    return torch.device("cuda", torch.cuda.current_device())

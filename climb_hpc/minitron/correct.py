@@ -121,5 +121,5 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
         run_phase(correct_phase(cfg, rd, Path(teacher)))
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1,
+STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.correct",
               resources=lambda cfg: Resources.from_config(_m(cfg).correct, time_min=120), checkpointable=True)

@@ -167,5 +167,5 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
         run_phase(distill_phase(cfg, rd))
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1,
+STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.distill",
               resources=lambda cfg: Resources.from_config(_m(cfg).distill, time_min=120), checkpointable=True)

@@ -22,7 +22,20 @@ _RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def on_gpu(section: Mapping[str, Any]) -> bool:
-    return int(section.get("gpus") or 0) > 0 and torch.cuda.is_available()
+    """The task was given GPUs (its resolved resources): it runs on them or fails, never on the CPU."""
+    from climb_hpc.training import task_device
+
+    return task_device(section).type == "cuda"
+
+
+def planned_precision(section: Mapping[str, Any]) -> str:
+    """``precision`` as the task will run it: auto = bf16 when the task has GPUs, fp32 on CPUs."""
+    p = str(section.get("precision", "auto"))
+    if p not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={p!r}: choose auto, fp32 or bf16")
+    if p == "auto":
+        return "bf16" if int(section.get("gpus") or 0) > 0 else "fp32"
+    return p
 
 
 def prepare() -> dict[str, str]:
@@ -78,13 +91,8 @@ def world_size() -> int:
 
 
 def use_bf16(section: Mapping[str, Any]) -> bool:
-    """``precision``: auto = bf16 on a GPU that has it, fp32 on CPU; or fp32 / bf16 explicitly."""
-    p = str(section.get("precision", "auto"))
-    if p not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision={p!r}: choose auto, fp32 or bf16")
-    if p == "auto":
-        return on_gpu(section) and torch.cuda.is_bf16_supported()
-    return p == "bf16"
+    """``precision``: auto = bf16 on the task's GPUs, fp32 on CPU; or fp32 / bf16 explicitly."""
+    return planned_precision(section) == "bf16"
 
 
 def grad_accumulation(section: Mapping[str, Any], world: int) -> int:

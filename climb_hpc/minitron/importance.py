@@ -249,13 +249,12 @@ def summary_of(imp: dict[str, Any], k: int = 5) -> dict[str, Any]:
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     from climb_hpc.rundir import atomic_path, atomic_write_json
-    from climb_hpc.training import torch_threads
+    from climb_hpc.training import task_device, torch_threads
 
     s = _m(cfg).importance
     with torch_threads(int(s.get("cpus") or 1)):
         model = load_hf(teacher_dir(cfg, rd))
-        if int(s.get("gpus") or 0) > 0 and torch.cuda.is_available():
-            model = model.cuda()
+        model = model.to(task_device(s))
         imp = compute_importance(model, calibration(cfg, rd), depth_drop(cfg), mc_metric(cfg, rd))
     imp["teacher"] = str(teacher_dir(cfg, rd))
     imp["config"] = plain(s)
@@ -266,5 +265,5 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     print(f"importance: {imp['block'].numel()} layers, base loss {imp['base_loss']:.4f} -> {out}", flush=True)
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1,
+STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.importance",
               resources=lambda cfg: Resources.from_config(_m(cfg).importance, time_min=60))

@@ -236,5 +236,5 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
           flush=True)
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1,
+STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.prune",
               resources=lambda cfg: Resources.from_config(_m(cfg).prune, time_min=60))

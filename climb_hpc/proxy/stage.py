@@ -61,7 +61,7 @@ def trial_stage(group: str) -> Stage:
     def resources(cfg: DictConfig) -> Resources:
         return Resources.from_config(cfg.proxy, time_min=60)
 
-    return Stage(name=f"{ROOT}/{group}", run=run, num_tasks=lambda cfg, rd: len(load_plan(rd, group)["trials"]),
+    return Stage(name=f"{ROOT}/{group}", run=run, section="proxy", num_tasks=lambda cfg, rd: len(load_plan(rd, group)["trials"]),
                  resources=resources, finalize=lambda cfg, rd: _collect(rd, group), checkpointable=True)
 
 

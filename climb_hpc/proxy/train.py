@@ -37,7 +37,7 @@ from climb_hpc import preempt
 from climb_hpc.proxy.model import build_model, count_params, train_flops_per_token
 from climb_hpc.proxy.sampler import MixtureSampler, training_streams
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
-from climb_hpc.training import lr_at, make_optimizer, torch_threads
+from climb_hpc.training import lr_at, make_optimizer, task_device, torch_threads
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -57,9 +57,7 @@ def num_steps(pcfg: Mapping[str, Any]) -> int:
 
 
 def pick_device(pcfg: Mapping[str, Any]) -> torch.device:
-    if int(pcfg.get("gpus", 0) or 0) > 0 and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return task_device(pcfg)
 
 
 def native_bf16(device: torch.device) -> bool:
