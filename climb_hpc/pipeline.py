@@ -305,9 +305,9 @@ def run_pipeline(cfg: DictConfig) -> list[StageResult]:
 
     names = check_config(cfg)  # before anything is written: a wrong value leaves no trace to undo
     results: list[StageResult] = []
-    executor = make_executor(cfg, RunDir(cfg.run_dir))
-    with RunDir(cfg.run_dir) as rd:  # the exclusive controller lock
-        executor.rd = rd
+    rd = RunDir(cfg.run_dir)
+    executor = make_executor(cfg, rd)  # Slurm's commands checked, nothing written yet
+    with rd:  # the exclusive controller lock
         open_run(cfg, rd, executor)
         for name in names:
             if rd.stage_complete(name):

@@ -136,9 +136,7 @@ def task_config(cfg: DictConfig, stage: Stage) -> DictConfig:
         return cfg
     res = stage_resources(cfg, stage)
     out = cfg.copy()
-    node = OmegaConf.select(out, stage.section)
-    for key in ("cpus", "gpus", "nodes", "tasks_per_node", "mem_gb", "time_min"):
-        node[key] = getattr(res, key)
+    OmegaConf.select(out, stage.section).merge_with(res.__dict__)
     return out
 
 
@@ -148,10 +146,6 @@ def stage_resources(cfg: DictConfig, stage: Stage) -> Resources:
     res = stage.resources(cfg)
     override = OmegaConf.select(cfg, f"cluster.stage_resources.{stage.name.partition('/')[0]}")
     if override:
-        fields = {k: v for k, v in OmegaConf.to_container(override).items()}  # type: ignore[union-attr]
-        unknown = set(fields) - set(Resources.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"cluster.stage_resources.{stage.name}: unknown keys {sorted(unknown)}; "
-                              f"allowed: {sorted(Resources.__dataclass_fields__)}")
-        res = Resources(**{**res.__dict__, **fields})
+        # its keys were checked with the config (climb_hpc.validate)
+        res = Resources(**{**res.__dict__, **OmegaConf.to_container(override)})  # type: ignore[arg-type]
     return res

@@ -87,8 +87,6 @@ NUMERIC_RULES = INT_RULES | POSITIVE_NUM | NONNEG_NUM | set(INTERVALS)
 #: Maps whose keys are the user's (a stage name, an sbatch option, a machine, a LightGBM parameter):
 #: ``a.b.key=value`` may add to them without Hydra's ``+``.
 OPEN_MAPS = ("cluster.stage_resources", "cluster.extra_sbatch", "plan.hardware", "search.predictor")
-#: A stage's resources a ``cluster.stage_resources.<stage>`` entry may set.
-RESOURCE_FIELDS = ("cpus", "gpus", "nodes", "tasks_per_node", "mem_gb", "time_min")
 
 
 def under_open_map(key: str) -> bool:
@@ -157,15 +155,9 @@ def check_value(key: str, value: Any) -> None:
 
 def whole_numbers(cfg: DictConfig) -> None:
     """Counts written as floats (``tokens=1e6``) become ints in place, so code may use them as counts."""
-    def walk(node: DictConfig) -> None:
-        for k in list(node.keys()):
-            v = node._get_node(k)
-            if isinstance(v, DictConfig):
-                walk(v)
-            elif str(k) in INT_RULES and isinstance(node[k], float) and node[k].is_integer():
-                node[k] = int(node[k])
-
-    walk(cfg)
+    for key, value in _leaves(resolved(cfg)):
+        if key.rsplit(".", 1)[-1] in INT_RULES and isinstance(value, float) and value.is_integer():
+            OmegaConf.update(cfg, key, int(value), merge=False)
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -190,7 +182,9 @@ def _check_type(key: str, value: Any, default: Any) -> None:
 
 
 def _check_open_maps(c: dict) -> None:
-    from climb_hpc.stage import GROUPS, REGISTRY
+    from climb_hpc.stage import GROUPS, REGISTRY, Resources
+
+    fields = tuple(Resources.__dataclass_fields__)
 
     for stage, res in ((c.get("cluster") or {}).get("stage_resources") or {}).items():
         key = f"cluster.stage_resources.{stage}"
@@ -198,9 +192,9 @@ def _check_open_maps(c: dict) -> None:
             raise ConfigError(f"{key}: {stage!r} is not a stage; known: {', '.join([*REGISTRY, *GROUPS])}")
         if not isinstance(res, dict):
             raise ConfigError(f"{key}={_describe(res)}: expected a mapping such as {{cpus: 4, time_min: 60}}")
-        unknown = sorted(set(res) - set(RESOURCE_FIELDS))
+        unknown = sorted(set(res) - set(fields))
         if unknown:
-            raise ConfigError(f"{key}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(RESOURCE_FIELDS)}")
+            raise ConfigError(f"{key}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(fields)}")
 
 
 def resolved(cfg: DictConfig) -> dict:

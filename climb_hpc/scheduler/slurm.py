@@ -44,9 +44,7 @@ class SlurmExecutor(Executor):
                 f"{res.gpus} GPU(s) a task, at most {c.get('array_parallelism')} at once" + (f", {where}" if where else ""))
 
     def active_tasks(self, stage: str) -> int:
-        recorded = read_json(self.rd.path / "_jobs" / f"{stage}.json", default={})
-        queued = queue_states(recorded.values()) if recorded else {}
-        return sum(1 for j in recorded.values() if queued.get(j, "COMPLETING") != "COMPLETING")
+        return len(_alive(read_json(self.rd.path / "_jobs" / f"{stage}.json", default={})))
 
     def _executor(self, stage: Stage, res: Resources) -> tuple[submitit.SlurmExecutor, dict[str, Any]]:
         params = submitit_parameters(self.cfg.cluster, res, job_name=f"climb-{stage.name}",
@@ -111,12 +109,7 @@ class SlurmExecutor(Executor):
     def _attach(self, stage: Stage, tasks: list[int]) -> dict[int, str]:
         """Jobs of an earlier controller that are still queued or running, by task."""
         recorded = read_json(self._jobs_file(stage), default={})
-        candidates = {t: recorded[str(t)] for t in tasks if str(t) in recorded}
-        if not candidates:
-            return {}
-        queued = queue_states(candidates.values())
-        # COMPLETING: its work is over; if the marker is missing the task must run again
-        alive = {t: j for t, j in candidates.items() if queued.get(j, "COMPLETING") != "COMPLETING"}
+        alive = _alive({t: recorded[str(t)] for t in tasks if str(t) in recorded})
         if alive:
             log.info("stage %s: re-attached to %d task(s) still queued or running", stage.name, len(alive))
         return alive
@@ -156,6 +149,15 @@ class SlurmExecutor(Executor):
             self.rd.mark_failed(stage.name, task, error=f"Slurm job {job_id} ended {state} without finishing",
                                 log=str(log_path))
         log.error("task %s/%d (job %s) ended %s; log: %s", stage.name, task, job_id, state, log_path)
+
+
+def _alive(jobs: dict) -> dict:
+    """The entries of ``{task: job id}`` whose job is still queued or running (one squeue call). COMPLETING
+    counts as over: its work is done, and a task without its marker must run again."""
+    if not jobs:
+        return {}
+    queued = queue_states(jobs.values())
+    return {t: j for t, j in jobs.items() if queued.get(j, "COMPLETING") != "COMPLETING"}
 
 
 class _ScriptOnlyExecutor(submitit.SlurmExecutor):
