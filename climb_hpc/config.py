@@ -53,7 +53,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         if o.key_or_group in groups and not o.is_delete():
             _check_option(o.key_or_group, o.value())
     selections = [raw for raw, o in zip(overrides, parsed, strict=True) if o.key_or_group in groups and not o.is_delete()]
-    defaults = _hydra_compose(selections)  # the tree the user's keys must exist in, and the values' types
+    defaults = _hydra_compose(selections)  # the tree the user's keys must exist in, typed by climb_hpc/schema.py
     final: list[str] = []
     for raw, o in zip(overrides, parsed, strict=True):
         key = o.key_or_group
@@ -65,12 +65,25 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
             raise ConfigError(f"{raw}: deleting a key is not supported; set it to null instead ({key}=null)")
         else:
             _check_known(defaults, key)
-            final.append(raw.lstrip("+"))
-    cfg = _hydra_compose(final, defaults)
-    OmegaConf.set_struct(cfg, False)
-    validate(cfg, defaults)
+            final.append(_typed(raw.lstrip("+"), key, o.value(), defaults))
+    cfg = _hydra_compose(final, defaults)  # typed and in struct mode (Hydra's compose sets it)
+    validate(cfg)
     whole_numbers(cfg)
     return cfg
+
+
+def _typed(raw: str, key: str, value: object, defaults: DictConfig) -> str:
+    """The override as Hydra gets it, once its value is of the key's declared type (ConfigError naming the key
+    and the type if not). Checked here rather than by Hydra, which would read ``yes`` as true and ``12`` as the
+    string "12"; a whole float for an integer (``tokens=1e6``) is passed on as the integer."""
+    from climb_hpc.schema import check, lookup
+
+    executor = defaults.cluster.executor
+    check(key, value, executor)
+    d = lookup(key, executor)
+    if d is not None and d[0] is int and isinstance(value, float):
+        return f"{key}={int(value)}"
+    return raw
 
 
 #: Keys that belong to one launch and never carry over from the saved config on a resume.
@@ -91,7 +104,7 @@ def compose_for_run(overrides: Sequence[str] = ()) -> DictConfig:
     if not rd.exists():
         return cfg
     merged = rd.load_config()
-    OmegaConf.set_struct(merged, False)
+    OmegaConf.set_struct(merged, True)  # force_add below: a key given now that the saved config lacks (an open map's)
     given = {o.key_or_group.lstrip("~") for o in _parse(overrides)} | set(PER_LAUNCH_KEYS) | {"run_dir"}
     for key in sorted(given):
         value = OmegaConf.select(cfg, key, default=None)
@@ -134,8 +147,11 @@ def _hydra_compose(overrides: Sequence[str], defaults: DictConfig | None = None)
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+    from climb_hpc.schema import register
+
+    register()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=list(overrides))
@@ -144,6 +160,16 @@ def _hydra_compose(overrides: Sequence[str], defaults: DictConfig | None = None)
         m = re.search(r"Could not override '([^']+)'", message)
         if m and defaults is not None:
             _check_known(defaults, m.group(1))
+        inner = next((x for x in (e, e.__cause__, e.__context__)
+                      if isinstance(x, OmegaConfBaseException) and getattr(x, "full_key", None)), None)
+        if inner is not None:
+            # a key of a config file that the schema lacks, or a value not of its key's type (compose checked
+            # the overrides already)
+            where = re.match(r"In '([^']+)'", message)
+            file = f" in {config_dir() / where.group(1)}.yaml" if where else ""
+            kind = "unknown config key" if isinstance(inner, ConfigKeyError) else "wrong type"
+            raise ConfigError(f"{kind} {inner.full_key}{file}: {str(inner).splitlines()[0]} (every key and its type: "
+                              f"{Path(__file__).parent / 'schema.py'})") from None
         raise ConfigError(f"bad config override: {message.splitlines()[0]}") from None
 
 

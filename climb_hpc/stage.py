@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from climb_hpc.errors import ConfigError
 
@@ -136,7 +136,11 @@ def task_config(cfg: DictConfig, stage: Stage) -> DictConfig:
         return cfg
     res = stage_resources(cfg, stage)
     out = cfg.copy()
-    OmegaConf.select(out, stage.section).merge_with(res.__dict__)
+    section = OmegaConf.select(out, stage.section)
+    # open_dict: a one-rank stage's section (proxy, minitron.prune) declares no nodes/tasks_per_node
+    # (climb_hpc/schema.py), and a run folder's config.yaml from before a key was declared lacks it
+    with open_dict(section):
+        section.merge_with(res.__dict__)
     return out
 
 

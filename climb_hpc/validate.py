@@ -3,8 +3,8 @@
 Three kinds of check, each over the WHOLE config (so a value set in a YAML file, on the command line or in
 a saved run's config.yaml is held to the same rules):
 
-* **Types**: a value's type must match the default's (an integer where the default is an integer ...);
-  only done when the defaults are at hand (:func:`climb_hpc.config.compose`).
+* **Types**: a value must be of the type :mod:`climb_hpc.schema` declares for its key (an integer, a list
+  of strings, true or false ...); the open maps' values are checked by the rules below.
 * **Ranges, by key name**: counts and sizes are positive, retries and GPU counts are not negative,
   fractions lie in their interval. A rule is keyed by the last part of the dotted key, so ``cpus`` is held
   to it under ``cluster``, ``embed``, ``cluster.stage_resources.<stage>`` and wherever else it appears.
@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc.errors import ConfigError
+from climb_hpc.schema import check
 
 # ---- rules by the last part of a key (values may also be null unless noted in NOT_NULL)
 POSITIVE_INT = {
@@ -160,27 +161,6 @@ def whole_numbers(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, int(value), merge=False)
 
 
-def _check_type(key: str, value: Any, default: Any) -> None:
-    """``value`` has the type of ``default`` (None on either side is left to the range rules)."""
-    if value is None or default is None:
-        return
-    name = key.rsplit(".", 1)[-1]
-    if isinstance(default, bool):
-        ok, expected = isinstance(value, bool), "true or false"
-    elif isinstance(default, (int, float)):
-        ok, expected = _is_num(value), "a number"
-    elif isinstance(default, str):
-        ok, expected = isinstance(value, str), "a string (quote it: key='...')"
-    elif isinstance(default, list):
-        ok, expected = isinstance(value, list) or (name == "paths" and isinstance(value, str)), "a list [a, b]"
-    elif isinstance(default, dict):
-        ok, expected = isinstance(value, dict), "a mapping {a: 1}"
-    else:
-        return
-    if not ok:
-        raise ConfigError(f"{key}={_describe(value)}: expected {expected}")
-
-
 def _check_open_maps(c: dict) -> None:
     from climb_hpc.stage import GROUPS, REGISTRY, Resources
 
@@ -208,12 +188,20 @@ def resolved(cfg: DictConfig) -> dict:
         raise ConfigError(f"{key}: cannot resolve it: {str(e).splitlines()[0]}") from None
 
 
-def validate(cfg: DictConfig, defaults: Optional[DictConfig] = None) -> None:
-    """Raise :class:`ConfigError` for the first wrong value; ``defaults`` (the config without the user's
-    values) enables the type checks."""
+def _check_types(node: Any, executor: Any, prefix: str = "") -> None:
+    """Every value, mappings included, of the type :mod:`climb_hpc.schema` declares for its key."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if not under_open_map(key):
+                check(key, v, executor)
+                _check_types(v, executor, key + ".")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first wrong value."""
     c = resolved(cfg)
-    d = resolved(defaults) if defaults is not None else None
-    d_leaves = dict(_leaves(d)) if d is not None else {}
+    _check_types(c, (c.get("cluster") or {}).get("executor"))
     for key, value in _leaves(c):
         for part in key.split("."):
             check_text(f"the key {key!r}", part)
@@ -221,8 +209,6 @@ def validate(cfg: DictConfig, defaults: Optional[DictConfig] = None) -> None:
             for i, item in enumerate(value):
                 if isinstance(item, str):
                     check_text(f"{key}[{i}]", item)
-        if key in d_leaves and not under_open_map(key):
-            _check_type(key, value, d_leaves[key])
         check_value(key, value)
     if not str(c.get("run_dir") or "").strip():
         raise ConfigError("run_dir is empty: give the run folder, e.g. run_dir=runs/my_run")
