@@ -186,7 +186,7 @@ def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> 
     ran = len(todo)
     if todo:
         log.info("stage %s: %d of %d tasks to run (%s)", stage.name, len(todo), n, executor.describe(res))
-    retries = int(cfg.cluster.get("max_retries", 1))
+    retries = int(cfg.cluster.max_retries)
     for attempt in range(retries + 1):
         if not todo:
             break

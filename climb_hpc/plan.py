@@ -444,10 +444,10 @@ def _search(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
     led.use("proxy FLOP a token", fpt, f"climb_hpc.proxy.model.train_flops_per_token at proxy.seq_len={seq}", "FLOP")
     kind = str(t.kind)
     if kind == "mc":
-        evals = int(t.max_items) * float(cfg.plan.mc_tokens_per_item) + (int(t.max_tokens) if t.get("cluster_losses", True) else 0)
+        evals = int(t.max_items) * float(cfg.plan.mc_tokens_per_item) + (int(t.max_tokens) if t.cluster_losses else 0)
         src = "target.max_items x plan.mc_tokens_per_item (+ target.max_tokens of cluster losses)"
     else:
-        extra = kind != "heldout" and t.get("cluster_losses", True)
+        extra = kind != "heldout" and t.cluster_losses
         evals, src = int(t.max_tokens) * (2 if extra else 1), "target.max_tokens" + (" x 2 (+ cluster losses)" if extra else "")
     led.use("eval tokens a trial", evals, src)
     per_trial = fpt * trained + fpt / 3 * evals

@@ -20,17 +20,17 @@ import torch
 
 def lr_at(step: int, total: int, ocfg: Mapping[str, Any]) -> float:
     """LR of optimizer step ``step`` (0-based): linear warmup, then cosine or WSD down to lr * min_lr_ratio."""
-    peak, floor = float(ocfg["lr"]), float(ocfg["lr"]) * float(ocfg.get("min_lr_ratio", 0.1))
-    w = float(ocfg.get("warmup", 0.0))
+    peak, floor = float(ocfg["lr"]), float(ocfg["lr"]) * float(ocfg["min_lr_ratio"])
+    w = float(ocfg["warmup"])
     warmup = int(round(w * total)) if w < 1 else int(w)
     if step < warmup:
         return peak * (step + 1) / warmup
-    schedule = str(ocfg.get("schedule", "cosine"))
+    schedule = str(ocfg["schedule"])
     if schedule == "cosine":
         t = (step - warmup) / max(1, total - warmup - 1)
         return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     if schedule == "wsd":
-        decay = max(1, int(round(float(ocfg.get("decay", 0.2)) * total)))
+        decay = max(1, int(round(float(ocfg["decay"]) * total)))
         start = total - decay
         if step < start:
             return peak
@@ -41,12 +41,12 @@ def lr_at(step: int, total: int, ocfg: Mapping[str, Any]) -> float:
 def make_optimizer(model: torch.nn.Module, ocfg: Mapping[str, Any], device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; fused kernels on GPU, foreach on CPU (dep-probe trap 2)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": float(ocfg.get("weight_decay", 0.0))},
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": float(ocfg["weight_decay"])},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=float(ocfg["lr"]), betas=tuple(ocfg.get("betas", (0.9, 0.95))),
-                             eps=float(ocfg.get("eps", 1e-8)), **kind)
+    return torch.optim.AdamW(groups, lr=float(ocfg["lr"]), betas=tuple(ocfg["betas"]),
+                             eps=float(ocfg["eps"]), **kind)
 
 
 @contextlib.contextmanager

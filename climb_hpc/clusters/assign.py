@@ -147,7 +147,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     faiss.omp_set_num_threads(task_threads(cfg, NAME, STAGE))
     centroids = load_centroids(rd)
     x = open_embeddings(rd)[a:b]
-    labels, dist = nearest(x, centroids, int(clusters_cfg(cfg, NAME).get("batch_rows", 65536)))
+    labels, dist = nearest(x, centroids, int(clusters_cfg(cfg, NAME).batch_rows))
     write_whole_shards(array_path(rd, "assignments"), a, b, labels)
     write_whole_shards(array_path(rd, "distances"), a, b, dist)
     secs = time.perf_counter() - t0

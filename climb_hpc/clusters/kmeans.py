@@ -138,7 +138,7 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    return Resources.from_config(clusters_cfg(cfg, NAME), cpus=2, time_min=120)
+    return Resources.from_config(clusters_cfg(cfg, NAME))
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
@@ -150,14 +150,14 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     k_cfg = clusters_cfg(cfg, NAME)
     layout = load_layout(rd)
     n, dim = int(layout["n_docs"]), int(layout["dim"])
-    seed = derive_seed(int(cfg.get("seed", 0)), NAME)
+    seed = derive_seed(int(cfg.seed), NAME)
     rows = sample_rows(n, int(k_cfg.sample_size), seed)
     k = choose_k(len(rows), int(k_cfg.k_init), int(k_cfg.min_points_per_centroid))  # faiss trains on the sample
     x = read_sample(rd, rows)
     if not np.isfinite(x).all():
         raise RuntimeError("kmeans: the embeddings hold non-finite values")
     t_read = time.perf_counter() - t0
-    gpu = use_gpu(k_cfg.get("gpu", "auto"))
+    gpu = use_gpu(k_cfg.gpu)
     threads = task_threads(cfg, NAME, STAGE)
     faiss.omp_set_num_threads(threads)
     t1 = time.perf_counter()

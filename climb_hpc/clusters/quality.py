@@ -200,7 +200,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     if not 0 <= task < len(layout["tasks"]):
         raise IndexError(f"quality has {len(layout['tasks'])} tasks; there is no task {task}")
     a, b = layout["tasks"][task]
-    scores = rate_rows(rd, layout, a, b, max(1, int(_q(cfg).get("batch_size", 1024))))
+    scores = rate_rows(rd, layout, a, b, max(1, int(_q(cfg).batch_size)))
     t_rate = time.perf_counter() - t0
     write_rows(store_path(rd), layout, a, b, scores)
     secs = time.perf_counter() - t0

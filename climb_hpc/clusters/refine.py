@@ -240,7 +240,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     if ids.num_rows != layout["n_docs"] or len(labels) != layout["n_docs"]:
         raise RuntimeError(f"refine: {ids.num_rows} ids and {len(labels)} assignments for {layout['n_docs']} docs")
     scores, axes = load_scores(rd, layout["n_docs"], list(r.get("axes") or DEFAULT_AXES))
-    prune = bool(r.get("prune", True))
+    prune = bool(r.prune)
     if scores is None:
         mode = NO_SCORES
         log.warning("refine: %s not found (no quality stage in this pipeline): pruning skipped", quality_path(rd))
@@ -251,14 +251,14 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     cap = r.get("max_clusters")
     doc_cluster, info = refine(
         centroids, labels, scores, axes=axes, thresholds=thresholds, prune=prune,  # type: ignore[arg-type]
-        min_size=int(r.get("min_size", 1)), method=str(r.get("linkage", "ward")),
-        distance=float(r.get("merge_distance", 1.5)), target_clusters=int(target) if target else None,
+        min_size=int(r.min_size), method=str(r.linkage),
+        distance=float(r.merge_distance), target_clusters=int(target) if target else None,
         max_clusters=int(cap) if cap else None)
     write_doc_clusters(doc_clusters_path(rd), ids.column("id").combine_chunks(), doc_cluster)
     info = {"pruning": mode, "axes": axes, "thresholds": thresholds if scores is not None else {},
-            "min_size": int(r.get("min_size", 1)),
-            "merge": {"linkage": str(r.get("linkage", "ward")), "criterion": "maxclust" if target else "distance",
-                      "t": int(target) if target else float(r.get("merge_distance", 1.5)),
+            "min_size": int(r.min_size),
+            "merge": {"linkage": str(r.linkage), "criterion": "maxclust" if target else "distance",
+                      "t": int(target) if target else float(r.merge_distance),
                       "max_clusters": int(cap) if cap and not target else None},
             **info, "seconds": round(time.perf_counter() - t0, 4)}
     atomic_write_json(clusters_path(rd), info)

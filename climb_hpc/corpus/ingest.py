@@ -164,7 +164,7 @@ def _number(c: DictConfig, key: str, default: float, kind: type, low: int = 0) -
 
 def _task_options(c: DictConfig) -> dict[str, Any]:
     """The settings :func:`ingest_task` takes from ``corpus``, checked."""
-    compression, choices = str(c.get("compression", "zstd")), CHOICES["corpus.compression"]
+    compression, choices = str(c.compression), CHOICES["corpus.compression"]
     if compression not in choices:
         raise ConfigError(f"corpus.compression={compression!r}: choose one of {', '.join(choices)}")
     return {
@@ -176,7 +176,7 @@ def _task_options(c: DictConfig) -> dict[str, Any]:
 
 
 def _damaged_files(c: DictConfig) -> str:
-    policy = str(c.get("damaged_files", "fail"))
+    policy = str(c.damaged_files)
     if policy not in DAMAGED_FILES:
         raise ConfigError(f"corpus.damaged_files={policy!r}: choose fail or quarantine")
     return policy
@@ -196,8 +196,8 @@ def _plan_settings(cfg: DictConfig) -> dict[str, Any]:
         b = c.get("builtin") or {}
         seed = b.get("seed")
         settings["builtin"] = {
-            "docs_per_domain": int(b.get("docs_per_domain", 400)),
-            "seed": int(cfg.get("seed", 0) if seed is None else seed),
+            "docs_per_domain": int(b.docs_per_domain),
+            "seed": int(cfg.seed if seed is None else seed),
         }
     return json.loads(json.dumps(settings))
 

@@ -110,8 +110,8 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     t = _t(cfg)
     path = t.get("tokenizer")
     return {"tokenizer": str(Path(str(path)).expanduser().resolve()) if path else None,
-            "vocab_size": int(t.get("vocab_size", 8192)), "min_frequency": int(t.get("min_frequency", 2)),
-            "train_sample_docs": int(t.get("train_sample_docs", 20000)), "seed": int(cfg.get("seed", 0))}
+            "vocab_size": int(t.vocab_size), "min_frequency": int(t.min_frequency),
+            "train_sample_docs": int(t.train_sample_docs), "seed": int(cfg.seed)}
 
 
 def _clusters(rd: RunDir) -> pa.Table:
@@ -244,7 +244,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     t0 = time.perf_counter()
     with atomic_path(part_dir(rd, task)) as tmp:
         tmp.mkdir()
-        counts = tokenize_shard(rd, plan, task, tmp, max(1, int(_t(cfg).get("batch_size", 1024))))
+        counts = tokenize_shard(rd, plan, task, tmp, max(1, int(_t(cfg).batch_size)))
         secs = time.perf_counter() - t0
         stats = {"task": task, **counts, "seconds": round(secs, 4),
                  "tokens_per_s": round(counts["tokens"] / max(secs, 1e-9), 1)}

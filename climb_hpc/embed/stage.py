@@ -53,19 +53,19 @@ def encoder_kwargs(cfg: DictConfig) -> dict[str, Any]:
     e = _e(cfg)
     return {
         "name_or_path": str(e.model),
-        "backend": str(e.get("backend", "transformers")),
-        "max_length": int(e.get("max_length", 256)),
-        "batch_size": int(e.get("batch_size", 64)),
+        "backend": str(e.backend),
+        "max_length": int(e.max_length),
+        "batch_size": int(e.batch_size),
         "token_budget": e.get("token_budget"),
-        "sort_window": int(e.get("sort_window", 8)),
-        "loader_workers": int(e.get("loader_workers", 1)),
-        "dtype": str(e.get("dtype", "auto")),
-        "device": str(e.get("device", "auto")),
-        "pooling": str(e.get("pooling", "mean")),
-        "normalize": bool(e.get("normalize", True)),
+        "sort_window": int(e.sort_window),
+        "loader_workers": int(e.loader_workers),
+        "dtype": str(e.dtype),
+        "device": str(e.device),
+        "pooling": str(e.pooling),
+        "normalize": bool(e.normalize),
         "projection": e.get("projection"),
-        "trust_remote_code": bool(e.get("trust_remote_code", False)),
-        "offline": bool(e.get("offline", True)),
+        "trust_remote_code": bool(e.trust_remote_code),
+        "offline": bool(e.offline),
     }
 
 
@@ -88,8 +88,8 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
     k = encoder_kwargs(cfg)
     dim = int(e.get("dim") or model_dim(k["name_or_path"], backend=k["backend"], projection=k["projection"],
                                         trust_remote_code=k["trust_remote_code"], offline=k["offline"]))
-    layout = store.make_layout(shards, dim, int(e.get("rows_per_shard", 4096)), int(e.get("chunk_rows", 512)),
-                               int(e.get("shards_per_task", 1)), _layout_encoder(cfg))
+    layout = store.make_layout(shards, dim, int(e.rows_per_shard), int(e.chunk_rows),
+                               int(e.shards_per_task), _layout_encoder(cfg))
     stored = read_json(store.layout_path(rd))
     if stored is not None and stored != layout:
         raise RuntimeError(
@@ -104,7 +104,7 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    return Resources.from_config(_e(cfg), cpus=2, time_min=120)
+    return Resources.from_config(_e(cfg))
 
 
 def task_threads(cfg: DictConfig) -> int:
@@ -141,7 +141,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
         raise RuntimeError(f"embed: the model gives {enc.dim}-d vectors but the array was planned for {layout['dim']}; "
                            "set embed.dim or check embed.projection")
     t_load = time.perf_counter() - t0 - t_read
-    emb, st = enc.encode(table.column("text").to_pylist(), progress=bool(cfg.get("progress", True)),
+    emb, st = enc.encode(table.column("text").to_pylist(), progress=bool(cfg.progress),
                          desc=f"embed task {task}")
     if not np.isfinite(emb).all():
         raise RuntimeError(f"embed task {task}: the model produced non-finite embeddings")

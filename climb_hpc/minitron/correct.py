@@ -95,13 +95,13 @@ def correct_phase(cfg: DictConfig, rd: RunDir, teacher: Path) -> Phase:
 
     m, s = _m(cfg), plain(_m(cfg).correct)
     peak = float(s["lr"] if s.get("lr") is not None else m.teacher.pretrain_lr)
-    scale = float(s.get("lr_scale", 0.2))
+    scale = float(s["lr_scale"])
     seed = phase_seed(seed_of(cfg), NAME)
     return Phase(
         name=NAME, section={**s, "lr": peak * scale}, work=rd.stage_dir(NAME), model_dir=rd.path / "teacher",
         build=lambda: load_hf(teacher),
         data=lambda n: flat_data(rd, s.get("data"), int(s["seq_len"]), n, seed, int(s["val_tokens"]),
-                                 str(s.get("text_field", "text"))),
+                                 str(s["text_field"])),
         objective=LMObjective(), seed=seed, tokenizer_dir=tokenizer_dir(rd),
         info={"teacher": str(teacher), "teacher_peak_lr": peak, "lr_scale": scale})
 
@@ -122,4 +122,4 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 
 
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.correct",
-              resources=lambda cfg: Resources.from_config(_m(cfg).correct, time_min=120), checkpointable=True)
+              resources=lambda cfg: Resources.from_config(_m(cfg).correct), checkpointable=True)

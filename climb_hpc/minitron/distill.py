@@ -135,8 +135,8 @@ def distill_phase(cfg: DictConfig, rd: RunDir) -> Phase:
         def build() -> Any:
             return build_model(where, info["vocab_size"], info["eos_id"], int(s["seq_len"]), seed)
 
-    objective = DistillObjective(teacher, float(s.get("temperature", 1.0)), float(s.get("lm_weight", 0.0)),
-                                 float(s.get("hidden_weight", 0.0)), int(tconfig.hidden_size))
+    objective = DistillObjective(teacher, float(s["temperature"]), float(s["lm_weight"]),
+                                 float(s["hidden_weight"]), int(tconfig.hidden_size))
 
     def checked() -> Any:
         student = build()
@@ -147,7 +147,7 @@ def distill_phase(cfg: DictConfig, rd: RunDir) -> Phase:
     return Phase(
         name=NAME, section=s, work=rd.stage_dir(NAME), model_dir=rd.path / "student", build=checked,
         data=lambda n: flat_data(rd, s.get("data"), int(s["seq_len"]), n, seed, int(s["val_tokens"]),
-                                 str(s.get("text_field", "text"))),
+                                 str(s["text_field"])),
         objective=objective, seed=seed, tokenizer_dir=tokenizer_dir(rd),
         info={"teacher": str(tpath), "student": str(where) if kind == "path" else "student_config",
               "temperature": objective.t, "lm_weight": objective.lm_weight, "hidden_weight": objective.hidden_weight,
@@ -168,4 +168,4 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 
 
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.distill",
-              resources=lambda cfg: Resources.from_config(_m(cfg).distill, time_min=120), checkpointable=True)
+              resources=lambda cfg: Resources.from_config(_m(cfg).distill), checkpointable=True)

@@ -30,7 +30,7 @@ def on_gpu(section: Mapping[str, Any]) -> bool:
 
 def planned_precision(section: Mapping[str, Any]) -> str:
     """``precision`` as the task will run it: auto = bf16 when the task has GPUs, fp32 on CPUs."""
-    p = str(section.get("precision", "auto"))
+    p = str(section["precision"])
     if p not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision={p!r}: choose auto, fp32 or bf16")
     if p == "auto":
@@ -108,19 +108,19 @@ def ds_config(section: Mapping[str, Any], world: int, client_optimizer: bool = T
 
     With ``client_optimizer`` (the default) the caller passes a ``torch.optim.AdamW``; otherwise the
     config names AdamW, with ``torch_adam`` on CPU (DeepSpeed's FusedAdam would JIT-compile a C++ op)."""
-    stage = int(section.get("zero_stage", 2))
+    stage = int(section["zero_stage"])
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage={stage}: choose 0, 1, 2 or 3")
     zero: dict[str, Any] = {"stage": stage}
     if stage == 3:
-        zero["stage3_param_persistence_threshold"] = int(section.get("zero3_persistence_threshold", 100000))
+        zero["stage3_param_persistence_threshold"] = int(section["zero3_persistence_threshold"])
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     bf16 = use_bf16(section)
     cfg: dict[str, Any] = {
         "train_batch_size": int(section["global_batch_size"]),
         "train_micro_batch_size_per_gpu": int(section["micro_batch_size"]),
         "gradient_accumulation_steps": grad_accumulation(section, world),
-        "gradient_clipping": float(section.get("grad_clip", 1.0) or 0.0),
+        "gradient_clipping": float(section["grad_clip"] or 0.0),
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": False},
         "zero_optimization": zero,
@@ -130,8 +130,8 @@ def ds_config(section: Mapping[str, Any], world: int, client_optimizer: bool = T
     }
     if not client_optimizer:
         cfg["optimizer"] = {"type": "AdamW", "params": {
-            "lr": float(section["lr"]), "betas": list(section.get("betas", (0.9, 0.95))),
-            "eps": float(section.get("eps", 1e-8)), "weight_decay": float(section.get("weight_decay", 0.0)),
+            "lr": float(section["lr"]), "betas": list(section["betas"]),
+            "eps": float(section["eps"]), "weight_decay": float(section["weight_decay"]),
             "torch_adam": not on_gpu(section)}}
     return cfg
 
@@ -141,7 +141,7 @@ def inference_config(section: Mapping[str, Any]) -> dict[str, Any]:
     return {"train_micro_batch_size_per_gpu": int(section["micro_batch_size"]),
             "bf16": {"enabled": use_bf16(section)}, "fp16": {"enabled": False},
             "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold":
-                                  int(section.get("zero3_persistence_threshold", 100000))},
+                                  int(section["zero3_persistence_threshold"])},
             "steps_per_print": 2**62}
 
 

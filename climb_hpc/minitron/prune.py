@@ -237,4 +237,4 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 
 
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.prune",
-              resources=lambda cfg: Resources.from_config(_m(cfg).prune, time_min=60))
+              resources=lambda cfg: Resources.from_config(_m(cfg).prune))

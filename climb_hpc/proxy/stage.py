@@ -59,7 +59,7 @@ def trial_stage(group: str) -> Stage:
               flush=True)
 
     def resources(cfg: DictConfig) -> Resources:
-        return Resources.from_config(cfg.proxy, time_min=60)
+        return Resources.from_config(cfg.proxy)
 
     return Stage(name=f"{ROOT}/{group}", run=run, section="proxy", num_tasks=lambda cfg, rd: len(load_plan(rd, group)["trials"]),
                  resources=resources, finalize=lambda cfg, rd: _collect(rd, group), checkpointable=True)

@@ -222,9 +222,9 @@ def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clu
     (``heldout_loss``; ``max_tokens / clusters`` tokens each), whatever the target: what a report or a
     later predictor can use."""
     kind = check_target(tcfg)
-    bs, max_tokens = int(tcfg.get("batch_size", 16)), int(tcfg.get("max_tokens", 200000))
+    bs, max_tokens = int(tcfg["batch_size"]), int(tcfg["max_tokens"])
     per = {}
-    if holdout > 0 and (kind == "heldout" or tcfg.get("cluster_losses", True)):
+    if holdout > 0 and (kind == "heldout" or tcfg["cluster_losses"]):
         streams = heldout_streams(rd, clusters, holdout, max(2, max_tokens // max(1, len(clusters))), eos_id)
         per = {c: packed_loss(model, s, seq_len, bs, device, autocast) for c, s in streams.items()}
     out: dict[str, Any] = {"heldout_loss": {str(c): round(v["loss"], 6) for c, v in per.items()}}
@@ -238,12 +238,12 @@ def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clu
         value = sum(per[c]["loss"] * per[c]["tokens"] for c in chosen) / n
         out["target"] = {"kind": kind, "clusters": chosen, "tokens": n, "value": value}
     elif kind == "jsonl":
-        stream = jsonl_stream(tcfg["path"], str(tcfg.get("text_field", "text")), tokenizer, eos_id, max_tokens)
+        stream = jsonl_stream(tcfg["path"], str(tcfg["text_field"]), tokenizer, eos_id, max_tokens)
         r = packed_loss(model, stream, seq_len, bs, device, autocast)
         out["target"] = {"kind": kind, "path": str(tcfg["path"]), "tokens": r["tokens"], "value": r["loss"]}
     else:
-        items = read_mc(tcfg["path"], int(tcfg.get("max_items", 1000)))
-        r = mc_accuracy(model, tokenizer, eos_id, items, seq_len, device, str(tcfg.get("normalize", "char")), autocast)
+        items = read_mc(tcfg["path"], int(tcfg["max_items"]))
+        r = mc_accuracy(model, tokenizer, eos_id, items, seq_len, device, str(tcfg["normalize"]), autocast)
         out["target"] = {"kind": kind, "path": str(tcfg["path"]), "items": r["items"],
                          "normalize": r["normalize"], "value": r["accuracy"]}
     out["target"]["direction"] = DIRECTION[kind]

@@ -72,7 +72,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def precision_for(pcfg: Mapping[str, Any], device: torch.device) -> str:
     """``proxy.precision``: auto = bf16 autocast where the hardware has native bf16, else fp32."""
-    precision = str(pcfg.get("precision", "auto"))
+    precision = str(pcfg["precision"])
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"proxy.precision={precision!r}: choose auto, fp32 or bf16")
     if precision == "auto":
@@ -202,7 +202,7 @@ def _train(fwd: Any, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler
     """Optimizer steps ``step .. steps - 1``; returns the seconds spent. Saves and raises on preemption."""
     seq_len, batch = int(pcfg["seq_len"]), int(pcfg["batch_size"])
     micro = int(pcfg.get("micro_batch_size") or batch)
-    clip, every = float(pcfg["optim"].get("grad_clip", 0.0)), int(pcfg.get("ckpt_every", 100))
+    clip, every = float(pcfg["optim"]["grad_clip"]), int(pcfg["ckpt_every"])
     first_step = step
     model.train()
     t0 = time.perf_counter()

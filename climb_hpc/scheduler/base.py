@@ -35,5 +35,5 @@ class Executor(ABC):
         """One line for the log: where and how the tasks run."""
 
     def progress(self, stage: Stage, tasks: list[int]) -> tqdm[None]:
-        return tqdm(total=len(tasks), desc=stage.name, unit="task", disable=not self.cfg.get("progress", True),
+        return tqdm(total=len(tasks), desc=stage.name, unit="task", disable=not self.cfg.progress,
                     dynamic_ncols=True)

@@ -51,7 +51,7 @@ class SlurmExecutor(Executor):
                                       checkpointable=stage.checkpointable)
         folder = self.rd.log_dir(stage.name) / "slurm"
         kind = _ScriptOnlyExecutor if self.cfg.get("dry_run") else submitit.SlurmExecutor
-        ex = kind(folder=folder, max_num_timeout=int(self.cfg.cluster.get("max_num_timeout", 3)))
+        ex = kind(folder=folder, max_num_timeout=int(self.cfg.cluster.max_num_timeout))
         ex.update_parameters(**params)
         return ex, params
 
@@ -116,7 +116,7 @@ class SlurmExecutor(Executor):
 
     def _wait(self, stage: Stage, jobs: dict[int, str]) -> Outcome:
         """Poll until every task has its marker or its job has left the queue without one."""
-        poll = float(self.cfg.cluster.get("poll_s", 5))
+        poll = float(self.cfg.cluster.poll_s)
         folder = self.rd.log_dir(stage.name) / "slurm"
         started = time.time()
         pending = dict(jobs)

@@ -97,7 +97,7 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, chec
     task runs straight in the batch script, one job step fewer; preempted, Slurm requeues it and the
     idempotent task runs again."""
     time_min = _positive_int(cluster.get("time_min") or res.time_min, "cluster.time_min (or the stage's time_min)")
-    signal_delay = cluster.get("signal_delay_s", 90)
+    signal_delay = cluster.signal_delay_s
     if isinstance(signal_delay, bool) or not isinstance(signal_delay, int) or signal_delay < 0:
         raise ConfigError(f"cluster.signal_delay_s={signal_delay!r}: must be an integer >= 0 (seconds)")
     if signal_delay >= time_min * 60:
@@ -110,7 +110,7 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, chec
         "ntasks_per_node": _positive_int(res.tasks_per_node, "tasks_per_node"),
         "cpus_per_task": _positive_int(res.cpus, "cpus"),
         "signal_delay_s": signal_delay,
-        "array_parallelism": _positive_int(cluster.get("array_parallelism", 256), "cluster.array_parallelism"),
+        "array_parallelism": _positive_int(cluster.array_parallelism, "cluster.array_parallelism"),
         "stderr_to_stdout": True,  # one log per task
         "use_srun": res.world_size > 1 or checkpointable,
     }

@@ -193,4 +193,4 @@ def load_mixed(rd: RunDir) -> tuple[np.ndarray, pa.Table, dict[str, Any]]:
 
 
 STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks,
-              resources=lambda cfg: Resources.from_config(_m(cfg), cpus=1, time_min=60), finalize=finalize)
+              resources=lambda cfg: Resources.from_config(_m(cfg)), finalize=finalize)

@@ -172,4 +172,4 @@ def load_result(rd: RunDir) -> dict[str, Any]:
 
 
 STAGE = Stage(name=NAME, run=lambda cfg, rd, task: None, num_tasks=lambda cfg, rd: 0,
-              resources=lambda cfg: Resources.from_config(cfg.proxy, time_min=60), drive=drive)
+              resources=lambda cfg: Resources.from_config(cfg.proxy), drive=drive)
