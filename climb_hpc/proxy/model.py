@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from climb_hpc.estimate import train_flops_per_token  # noqa: F401 (its home is the estimates' module)
+
 
 def llama_config(model_cfg: Mapping[str, Any], vocab_size: int, eos_id: int, max_len: int) -> Any:
     """A ``LlamaConfig`` from ``proxy.model``; the vocabulary and EOS come from the run's tokenizer."""
@@ -47,14 +49,3 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight.numel()
     return {"total": total, "non_embedding": total - emb}
-
-
-def train_flops_per_token(config: Any, seq_len: int) -> float:
-    """Training FLOPs a token: 6 x (matmul params incl. the LM head) + 12 x layers x seq x attention width
-    (attention scores and values, forward + backward), as PaLM's appendix B counts for MFU."""
-    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    d = config.head_dim
-    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
-    per_layer = h * q + 2 * h * kv + q * h + 3 * h * i
-    matmul_params = n * per_layer + h * config.vocab_size
-    return 6.0 * matmul_params + 12.0 * n * seq_len * q
