@@ -39,6 +39,8 @@ ALLOWED = {
     # llama_config also builds minitron.distill.student_config, a user mapping the schema does not type
     ("climb_hpc/proxy/model.py", "rms_norm_eps"), ("climb_hpc/proxy/model.py", "rope_theta"),
     ("climb_hpc/proxy/model.py", "initializer_range"), ("climb_hpc/proxy/model.py", "tie_word_embeddings"),
+    # planned_precision also serves minitron.importance, which has no precision key (it runs at auto)
+    ("climb_hpc/minitron/ds.py", "precision"),
 }
 
 

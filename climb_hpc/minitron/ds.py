@@ -30,7 +30,7 @@ def on_gpu(section: Mapping[str, Any]) -> bool:
 
 def planned_precision(section: Mapping[str, Any]) -> str:
     """``precision`` as the task will run it: auto = bf16 when the task has GPUs, fp32 on CPUs."""
-    p = str(section["precision"])
+    p = str(section.get("precision", "auto"))  # minitron.importance declares none: auto
     if p not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision={p!r}: choose auto, fp32 or bf16")
     if p == "auto":
