@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from climb_hpc.config import compose
-from climb_hpc.pipeline import run_pipeline
+from climb_hpc.pipeline import prepare_stage, run_pipeline
 from climb_hpc.rundir import RunDir, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def main() -> None:
         cfg = compose(cfg_args)
         run_pipeline(compose([*cfg_args, "until=ingest"]))
         rd = RunDir(cfg.run_dir)
-        assert STAGE.num_tasks(cfg, rd) == 1
+        assert prepare_stage(cfg, rd, STAGE)[0] == 1
         torch.set_num_threads(task_threads(cfg))
         t0 = time.perf_counter()
         enc = get_encoder(**encoder_kwargs(cfg))

@@ -72,10 +72,8 @@ HOLDOUT = 0.1  # docs held out of everything trained on (by a hash of the id); t
 
 def make_run(work: Path) -> Path:
     """Ingest + tokenize the real corpus (clusters = sources) and mix it; reused when present."""
-    from climb_hpc.clusters.labels import clusters_from_field
     from climb_hpc.config import compose
     from climb_hpc.pipeline import run_pipeline
-    from climb_hpc.rundir import RunDir
 
     run = work / "run"
     if (run / "mix" / "summary.json").is_file() and (run / "holdout.txt").is_file() \
@@ -87,9 +85,7 @@ def make_run(work: Path) -> Path:
     base = [f"run_dir={run}", "progress=false", "cluster=debug", f"corpus.paths=[{CORPUS}]", *TOKENIZED,
             "mix.tokens=2000000", MIX,
             f"proxy.holdout_fraction={HOLDOUT}"]
-    run_pipeline(compose([*base, "pipeline.stages=[ingest,tokenize,mix]", "until=ingest"]))
-    clusters_from_field(RunDir(run), "source")
-    run_pipeline(compose([*base, "pipeline.stages=[ingest,tokenize,mix]"]))
+    run_pipeline(compose([*base, "pipeline.stages=[ingest,refine,tokenize,mix]", "clusters.refine.from_field=source"]))
     (run / "holdout.txt").write_text(f"{HOLDOUT} {CORPUS}")
     return run
 

@@ -39,16 +39,14 @@ from climb_hpc.rundir import RunDir, read_json  # noqa: E402
 
 
 def prepare(run: Path, corpus: Path, overrides: list[str]):
-    """Ingest + tokenize once, with clusters = source domains (refine's output planted)."""
-    from climb_hpc.clusters.labels import clusters_from_field
+    """Ingest + tokenize once, with clusters = source domains (clusters.refine.from_field)."""
     from climb_hpc.pipeline import run_pipeline
 
     data = [f"corpus.paths=[{corpus}]"] if corpus.exists() else []
-    base = [f"run_dir={run}", "progress=false", "cluster=debug", "pipeline.stages=[ingest,tokenize]", *data]
+    base = [f"run_dir={run}", "progress=false", "cluster=debug", "pipeline.stages=[ingest,refine,tokenize]",
+            "clusters.refine.from_field=source", *data]
     if not (run / "tokenize" / "summary.json").exists():
         print(f"preparing {run} from {corpus if data else 'the built-in corpus'} (once)", flush=True)
-        run_pipeline(compose([*base, "until=ingest"]))
-        clusters_from_field(RunDir(run), "source")
         run_pipeline(compose(base))
     return compose([*base, *overrides])
 

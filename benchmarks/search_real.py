@@ -43,7 +43,6 @@ def base_overrides(work: Path, corpus: Path, a: argparse.Namespace) -> list[str]
 
 def prepare(work: Path, clusters_run: Path, corpus: Path, overrides: list[str], holdout: float) -> Path:
     """A tokenized run with the clusters of ``clusters_run`` (or the sources), and the held-out math JSONL."""
-    from climb_hpc.clusters.labels import clusters_from_field
     from climb_hpc.corpus import iter_doc_shards
     from climb_hpc.pipeline import run_pipeline
     from climb_hpc.proxy.sampler import heldout_mask
@@ -65,11 +64,8 @@ def prepare(work: Path, clusters_run: Path, corpus: Path, overrides: list[str], 
     else:
         print(f"clusters: {clusters_run} has none (run benchmarks/cluster_quality.py); one cluster a source",
               flush=True)
-        run_pipeline(compose([f"run_dir={base}", *overrides, "cluster=debug", "until=ingest",
-                              "pipeline.stages=[ingest,refine,tokenize]"]))
-        clusters_from_field(RunDir(base), "source")
-        (base / "_done" / "refine").mkdir(parents=True, exist_ok=True)
-        (base / "_done" / "refine" / "_stage").write_text("{}")
+        cfg = compose([f"run_dir={base}", *overrides, "cluster=debug", "pipeline.stages=[ingest,refine,tokenize]",
+                       "clusters.refine.from_field=source"])
     run_pipeline(cfg)
     rows = [r for _, t in iter_doc_shards(RunDir(base), ["id", "text", "source"]) for r in t.to_pylist()]
     math_docs = [r for r in rows if r["source"] == "math"]

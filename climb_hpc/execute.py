@@ -18,9 +18,9 @@ import traceback
 from typing import Optional
 
 from climb_hpc import preempt
-from climb_hpc.errors import UserError, one_line
+from climb_hpc.errors import ConfigError, UserError, one_line
 from climb_hpc.rundir import RunDir, task_temps
-from climb_hpc.stage import get_stage, task_config
+from climb_hpc.stage import Stage, get_stage, task_config
 
 log = logging.getLogger("climb_hpc")
 
@@ -39,6 +39,8 @@ def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = 
         return "skipped"
     cfg = rd.load_config()
     stage = get_stage(stage_name)
+    if not isinstance(stage, Stage):
+        raise ConfigError(f"{stage_name} is a driver stage: it runs in the controller (climb-hpc run), not as tasks")
     t0 = time.time()
     try:
         with task_temps(rd.path, stage_name, task, global_rank()):  # an earlier attempt's leftovers go first

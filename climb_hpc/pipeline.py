@@ -22,7 +22,16 @@ from climb_hpc._version import __version__
 from climb_hpc.config import ConfigError, differing_keys
 from climb_hpc.errors import UserError, one_line
 from climb_hpc.rundir import RunDir
-from climb_hpc.stage import Resources, RunStageFn, Stage, get_stage, stage_resources
+from climb_hpc.stage import (
+    AnyStage,
+    DriverStage,
+    Resources,
+    RunStageFn,
+    Stage,
+    get_stage,
+    output_roots,
+    stage_resources,
+)
 
 if TYPE_CHECKING:
     from climb_hpc.scheduler.base import Executor
@@ -71,6 +80,27 @@ def stage_names(cfg: DictConfig) -> list[str]:
     return names
 
 
+def check_order(cfg: DictConfig, names: list[str]) -> None:
+    """Every stage's inputs (``Stage.reads``) come from a stage that runs before it in ``pipeline.stages``:
+    a ConfigError names the first stage that would read outputs nobody writes."""
+    order = list(cfg.pipeline.stages)
+    for name in names:
+        for need in get_stage(name).reads(cfg):
+            if need not in order:
+                raise ConfigError(f"stage {name} reads the outputs of stage {need}, which pipeline.stages does not "
+                                  f"run; add it before {name}: pipeline.stages=[{','.join(_with(order, need, name))}]")
+            if order.index(need) > order.index(name):
+                raise ConfigError(f"stage {name} reads the outputs of stage {need}, which pipeline.stages runs after "
+                                  f"it; put {need} first: pipeline.stages=[{','.join(_with(order, need, name))}]")
+
+
+def _with(order: list[str], need: str, before: str) -> list[str]:
+    """``order`` with ``need`` moved (or added) just before ``before``."""
+    out = [n for n in order if n != need]
+    out.insert(out.index(before), need)
+    return out
+
+
 def check_config(cfg: DictConfig) -> list[str]:
     """Everything about the config that can be checked before the run folder is touched: values, the stage
     list, every stage's resources (and, on Slurm, its sbatch options). Returns the stages to run."""
@@ -78,6 +108,7 @@ def check_config(cfg: DictConfig) -> list[str]:
 
     validate(cfg)
     names = stage_names(cfg)
+    check_order(cfg, names)
     check_input_paths(cfg, names)
     for name in names:
         stage = get_stage(name)
@@ -140,9 +171,10 @@ def open_run(cfg: DictConfig, rd: Optional[RunDir] = None, executor: Optional[Ex
                 raise ConfigError(f"the config changed ({shown}) but stage {busy[0]} still has jobs queued or "
                                   "running from an earlier launch: cancel them (scancel) or let them end, then "
                                   "run again")
-            reset = [n for n in affected if (rd.path / "_done" / n).exists() or (rd.path / n).exists()]
+            reset = [n for n in affected
+                     if any(p.exists() for p in (rd.marker_dir(n), *output_roots(get_stage(n), rd)))]
             for n in reset:
-                rd.reset_stage(n)
+                rd.reset_stage(n, output_roots(get_stage(n), rd))
                 if n in OWNED_FAMILIES:
                     rd.reset_stage(OWNED_FAMILIES[n])
             if reset:
@@ -167,10 +199,11 @@ class StageResult:
     skipped: bool = False  # complete before this launch: nothing was done
 
 
-def run_stage(cfg: DictConfig, rd: RunDir, stage: Stage, executor: Executor) -> Optional[StageResult]:
-    """Run the stage's unfinished tasks (retrying failures), then its finalize. None on dry run."""
+def run_stage(cfg: DictConfig, rd: RunDir, stage: AnyStage, executor: Executor) -> Optional[StageResult]:
+    """Run the stage's unfinished tasks (retrying failures), then its finalize; a driver stage's drive.
+    None on dry run."""
     t0 = time.time()
-    if stage.drive is not None:
+    if isinstance(stage, DriverStage):
         log.info("stage %s: driving its sub-stages (%s)", stage.name, executor.describe(stage_resources(cfg, stage)))
         rd.update_manifest(stages={stage.name: {"num_tasks": 0, "driver": True}})
         if executor.cfg.get("dry_run"):
@@ -235,10 +268,11 @@ def _raise_user_errors(rd: RunDir, stage: str, todo: list[int]) -> None:
 
 
 def prepare_stage(cfg: DictConfig, rd: RunDir, stage: Stage) -> tuple[int, Resources]:
-    """Plan a stage before its tasks run: its task count and resources, recorded in the manifest.
-
-    Planning may create what the tasks share, once (embed: ``layout.json`` and the Zarr array's metadata),
-    so it runs in the controller, or under the run folder's lock for a hand launch (``climb_hpc.task``)."""
+    """Prepare a stage before its tasks run (``Stage.prepare``: what the tasks share, laid out once, e.g.
+    embed's ``layout.json`` and Zarr array), then count its tasks and record them and their resources in the
+    manifest. Runs in the controller, or under the run folder's lock for a hand launch (``climb_hpc.task``)."""
+    if stage.prepare is not None:
+        stage.prepare(cfg, rd)
     n = stage.num_tasks(cfg, rd)
     res = stage_resources(cfg, stage)
     rd.update_manifest(stages={stage.name: {"num_tasks": n, "resources": res.__dict__}})
@@ -269,12 +303,13 @@ def hand_launch(run_dir: str, stage_name: str, action: str) -> int:
         cfg = rd.load_config()
         stage = get_stage(stage_name)
         names = list(cfg.pipeline.stages)
-        if stage_name not in names or stage.drive is not None:
+        if stage_name not in names or not isinstance(stage, Stage):
             raise ConfigError(f"{stage_name} is not an array stage of this run's pipeline ({', '.join(names)})")
-        before = [s for s in names[: names.index(stage_name)] if not rd.stage_complete(s)]
+        before = [s for s in stage.reads(cfg) if not rd.stage_complete(s)]
         if before:
-            raise ConfigError(f"stage {stage_name} needs the stages before it; not complete: {', '.join(before)}. "
-                              f"Run them first: climb-hpc run run_dir={rd.path} until={before[-1]}")
+            raise ConfigError(f"stage {stage_name} reads the outputs of stages that are not complete: "
+                              f"{', '.join(before)}. Run them first: climb-hpc run run_dir={rd.path} "
+                              f"until={max(before, key=lambda n: names.index(n) if n in names else -1)}")
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answer alone
             if action == "prepare":
                 n, _ = prepare_stage(cfg, rd, stage)
@@ -287,12 +322,12 @@ def hand_launch(run_dir: str, stage_name: str, action: str) -> int:
     return n
 
 
-def _complete(cfg: DictConfig, rd: RunDir, stage: Stage, n: int, ran: int, t0: float) -> StageResult:
+def _complete(cfg: DictConfig, rd: RunDir, stage: AnyStage, n: int, ran: int, t0: float) -> StageResult:
     """Finalize, then the stage marker (last: a marker means the outputs are complete)."""
-    if stage.finalize is not None:
+    if isinstance(stage, Stage) and stage.finalize is not None:
         with _recorded(rd, stage.name, "finalize"):
             stage.finalize(cfg, rd)
-    shutil.rmtree(rd.path / "_tmp" / stage.name, ignore_errors=True)  # a temp never outlives its stage
+    shutil.rmtree(rd.tmp_dir(stage.name), ignore_errors=True)  # a temp never outlives its stage
     seconds = time.time() - t0
     rd.mark_stage_complete(stage.name, num_tasks=n, seconds=round(seconds, 3))
     rd.update_manifest(stages={stage.name: {"num_tasks": n, "completed": time.time()}})

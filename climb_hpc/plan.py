@@ -1,12 +1,18 @@
 """``climb-hpc plan``: what a run of the whole recipe costs on a cluster profile, and the reservation to ask for.
 
-For a corpus size (``plan.corpus_tokens``) and a cluster profile, every stage gets a work estimate: FLOP for
-model work (encoder, k-means, proxy trials, teacher correction, importance, distillation), core-seconds for
-the CPU stages. Throughput assumptions (``configs/plan/default.yaml``) turn work into hours; the job shape the
+For a corpus size (``plan.corpus_tokens``) and a cluster profile, every stage states its own work
+(``Stage.estimate``, in its module; the records are in ``climb_hpc.estimate``): FLOP for model work (encoder,
+k-means, proxy trials, teacher correction, importance, distillation), core-seconds for the CPU stages, its task
+count and rounds. A stage without an estimate is listed as such and left out of the totals. Throughput
+assumptions (``configs/plan/default.yaml``) turn work into hours; the job shape the
 scheduler would request (``climb_hpc.stage.stage_resources``: nodes x tasks_per_node x gpus, cpus, mem)
 turns hours into GPU-, core- and node-hours and, with the cluster's size and ``cluster.array_parallelism``,
 into wall time. Stages run one after another, so the critical path is the sum of their walls. The
 reservation asks for the most nodes any stage keeps busy, for that wall time times a margin.
+
+A CPU profile (``cluster=local``, ``cluster=debug``: no ``plan.hardware`` entry, tasks on this machine) is planned
+on this machine's cores with the rates measured on the CI machine (``plan.cpu``); it gets the wall time of the
+run and no reservation. Without ``plan.corpus_*`` and with ``corpus.paths`` empty it plans the built-in corpus.
 
 Everything is a pure function of the composed config (plus the config.json / safetensors headers of models
 readable on this machine); every number used is recorded, with its source, in ``Plan.assumptions``.
@@ -15,21 +21,21 @@ readable on this machine); every number used is recorded, with its source, in ``
 from __future__ import annotations
 
 import getpass
-import json
 import math
+import os
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc.config import ConfigError, config_dir
-from climb_hpc.safetensors_header import stored_params
-from climb_hpc.stage import Resources
+from climb_hpc.estimate import Assumption, Inputs, Ledger, Work
+from climb_hpc.stage import Resources, get_stage, stage_resources
 
 # names Slurm accepts for reservations, partitions, accounts, users (as climb_hpc.scheduler.slurm_options)
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -37,31 +43,13 @@ _FLAG = re.compile(r"^[A-Za-z_]+(=[0-9:\-]+)?$")
 #: kinds of work measured in FLOP -> the plan.mfu key that rates them on a GPU
 MFU_KEY = {"encoder inference": "encoder", "k-means": "kmeans", "nearest centroid": "kmeans",
            "proxy training": "proxy", "LLM training": "llm", "distillation": "llm", "forward": "forward"}
-DIMS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-        "head_dim", "vocab_size")
+#: ... and the plan.cpu.<key>_gflops that rates them on a CPU profile's cores
+CPU_KEY = {**MFU_KEY, "distillation": "distill"}
+#: executors that run tasks on this machine: their profiles are planned as CPU profiles
+LOCAL_EXECUTORS = ("local", "debug")
 
 
 # ---------------------------------------------------------------- records
-
-
-@dataclass
-class Assumption:
-    name: str
-    value: Any
-    unit: str
-    source: str
-
-
-@dataclass
-class Ledger:
-    """Every number the plan uses, with where it came from (first use wins)."""
-
-    items: list[Assumption] = field(default_factory=list)
-
-    def use(self, name: str, value: Any, source: str, unit: str = "") -> Any:
-        if all(a.name != name for a in self.items):
-            self.items.append(Assumption(name, value, unit, source))
-        return value
 
 
 @dataclass(frozen=True)
@@ -73,22 +61,11 @@ class Hardware:
     mem_gb: float
     gpu: str
     peak_tflops: float
-
-
-@dataclass
-class Work:
-    """What a stage has to do. ``rounds``: tasks in each round that must finish before the next starts."""
-
-    kind: str
-    rounds: list[int]
-    flop: float = 0.0              # model work, in all
-    core_s: float = 0.0            # CPU work at one core's rate, in all
-    threaded: bool = False         # core_s spreads over a task's cpus (else one core does it)
-    task_s: float = 0.0            # fixed seconds a task
+    executor: str = "slurm"        # local / debug: this machine (a CPU profile), tasks as its executor runs them
 
     @property
-    def tasks(self) -> int:
-        return sum(self.rounds)
+    def cpu_only(self) -> bool:
+        return self.gpus == 0
 
 
 @dataclass
@@ -108,6 +85,8 @@ class StageEstimate:
     nodes_busy: int
     nodes: int                     # a task's nodes (a multi-node job's width)
     time_limit_min: int
+    mem_gb: Optional[float] = None  # what a task holds at its peak, when the stage knows
+    estimated: bool = True         # False: the stage has no estimate (all figures 0, left out of the totals)
 
 
 @dataclass
@@ -123,6 +102,10 @@ class Plan:
     @property
     def totals(self) -> dict[str, float]:
         return {k: sum(getattr(s, k) for s in self.stages) for k in ("flop", "wall_h", "gpu_h", "core_h", "node_h")}
+
+    @property
+    def unestimated(self) -> list[str]:
+        return [s.stage for s in self.stages if not s.estimated]
 
 
 # ---------------------------------------------------------------- inputs
@@ -153,6 +136,9 @@ def hardware(cfg: DictConfig, profile: str, led: Ledger) -> Hardware:
     entry = OmegaConf.select(cfg, f"plan.hardware.{profile}")
     example = (f"'+plan.hardware.{profile}={{nodes: 4, gpus: 8, cpus: 64, mem_gb: 1024, gpu: A100 SXM, "
                f"peak_tflops: 312}}'")
+    executor = str(cfg.cluster.get("executor") or "slurm")
+    if entry is None and executor in LOCAL_EXECUTORS:
+        return this_machine(cfg, profile, executor, led)
     if entry is None:
         known = ", ".join(OmegaConf.select(cfg, "plan.hardware") or {}) or "none"
         raise ConfigError(f"cluster profile {profile!r} has no GPUs described: plan needs its nodes in "
@@ -177,6 +163,19 @@ def hardware(cfg: DictConfig, profile: str, led: Ledger) -> Hardware:
     return hw
 
 
+def this_machine(cfg: DictConfig, profile: str, executor: str, led: Ledger) -> Hardware:
+    """A CPU profile: one node, this machine's cores (``cluster.cpus``, the local executor's budget) and memory."""
+    cpus = int(cfg.cluster.get("cpus") or os.cpu_count() or 1)
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, OSError, ValueError):  # not POSIX
+        mem_gb = 0.0
+    led.use("cores", cpus, "cluster.cpus (null: this machine's cores)" if executor == "local" else "this machine")
+    if mem_gb:
+        led.use("memory", round(mem_gb, 1), "this machine", "GB")
+    return Hardware(profile, 1, 0, cpus, mem_gb, "none", 0.0, executor)
+
+
 def _number(value: Any, key: str) -> Optional[float]:
     if value is None:
         return None
@@ -189,14 +188,29 @@ def _number(value: Any, key: str) -> Optional[float]:
     return x
 
 
+def builtin_corpus(cfg: DictConfig, led: Ledger) -> tuple[float, float, float]:
+    """(tokens, docs, tokens a doc) of the built-in demo corpus: corpus.builtin.docs_per_domain a domain."""
+    from climb_hpc.corpus.builtin import DOMAINS
+
+    per_domain = int((cfg.corpus.get("builtin") or {}).get("docs_per_domain") or 400)
+    docs = led.use("corpus docs", len(DOMAINS) * per_domain,
+                   f"the built-in corpus (corpus.paths is empty): {len(DOMAINS)} domains x corpus.builtin.docs_per_domain")
+    tpd = led.use("tokens a doc", float(cfg.plan.builtin.tokens_per_doc), "plan.builtin.tokens_per_doc")
+    tokens = led.use("corpus tokens", docs * tpd, "corpus docs x tokens a doc")
+    return tokens, docs, tpd
+
+
 def corpus_size(cfg: DictConfig, led: Ledger) -> tuple[float, float, float]:
     """(tokens, docs, tokens a doc) of the raw corpus."""
     p = cfg.plan
     tokens, docs = _number(p.get("corpus_tokens"), "plan.corpus_tokens"), _number(p.get("corpus_docs"), "plan.corpus_docs")
     tpd = _number(p.get("tokens_per_doc"), "plan.tokens_per_doc")
+    if tokens is None and docs is None and is_builtin(cfg):
+        return builtin_corpus(cfg, led)
     if tokens is None and docs is None:
         raise ConfigError("plan needs the corpus size: plan.corpus_tokens=1.2e12 (LM tokens), or plan.corpus_docs=N "
-                          "(documents, at plan.tokens_per_doc tokens each)")
+                          "(documents, at plan.tokens_per_doc tokens each); without corpus.paths, cluster=local "
+                          "plans the built-in corpus")
     if tokens and docs:
         tpd = led.use("tokens a doc", tokens / docs, "plan.corpus_tokens / plan.corpus_docs")
     elif tpd is None:
@@ -214,47 +228,12 @@ def corpus_size(cfg: DictConfig, led: Ledger) -> tuple[float, float, float]:
     return tokens, docs, tpd  # type: ignore[return-value]
 
 
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def safetensors_params(folder: Path) -> Optional[int]:
-    """Matmul parameters of a checkpoint (embeddings excluded) from its safetensors headers; None if unreadable."""
-    try:
-        return stored_params(folder, skip="embed")
-    except (OSError, ValueError):
-        return None
-
-
-def encoder(cfg: DictConfig, led: Ledger) -> tuple[float, int]:
-    """(matmul parameters, output width) of ``embed.model``: from its files when readable here, else plan.models."""
-    from climb_hpc.embed.encoder import model_dim, resolve_model
-
-    e = cfg.embed
-    try:
-        path = Path(resolve_model(str(e.model)))
-    except RuntimeError:
-        path = Path(str(e.model))
-    params = safetensors_params(path) if path.is_dir() else None
-    fb = cfg.plan.models.encoder
-    if params:
-        led.use("encoder params", params, f"{path}/*.safetensors, embeddings excluded")
-    else:
-        params = led.use("encoder params", float(fb.params),
-                         f"plan.models.encoder.params (embed.model={e.model} has no safetensors here)")
-    dim = e.get("dim")
-    if dim:
-        led.use("embedding dim", int(dim), "embed.dim")
-    else:
-        try:
-            dim = led.use("embedding dim", model_dim(str(path), backend=str(e.get("backend") or "transformers"),
-                                                     projection=e.get("projection")), f"{path} config")
-        except (OSError, ValueError):
-            dim = led.use("embedding dim", int(fb.dim), f"plan.models.encoder.dim (embed.model={e.model} not readable here)")
-    return float(params), int(dim)
+def is_builtin(cfg: DictConfig) -> bool:
+    """Whether the plan is for the built-in demo corpus: no corpus.paths and no plan.corpus_* (a CPU profile only:
+    a cluster is planned for a corpus size given)."""
+    executor = str(cfg.cluster.get("executor") or "slurm")
+    return (executor in LOCAL_EXECUTORS and not cfg.corpus.get("paths") and cfg.plan.get("corpus_tokens") is None
+            and cfg.plan.get("corpus_docs") is None)
 
 
 def vocab_size(cfg: DictConfig, led: Ledger) -> int:
@@ -268,256 +247,20 @@ def vocab_size(cfg: DictConfig, led: Ledger) -> int:
 
         n = Tokenizer.from_file(str(Path(str(tok)) / "tokenizer.json")).get_vocab_size()
         return int(led.use("vocabulary", n, f"{tok}/tokenizer.json"))
+    if not tok and is_builtin(cfg):
+        n = min(int(cfg.tokenize.vocab_size), int(cfg.plan.builtin.vocab_size))
+        return int(led.use("vocabulary", n, "min(tokenize.vocab_size, plan.builtin.vocab_size): the BPE the run "
+                                            "trains on the built-in corpus"))
     return int(led.use("vocabulary", int(cfg.tokenize.vocab_size),
                        "tokenize.vocab_size" + (f" (tokenize.tokenizer={tok} not readable here)" if tok else "")))
-
-
-def dims_of(source: Any, vocab: Optional[int] = None) -> dict[str, int]:
-    """Llama dimensions from a config.json dict or a ``*.model`` config section."""
-    d = {k: source.get(k) for k in DIMS}
-    if vocab is not None and not d["vocab_size"]:
-        d["vocab_size"] = vocab
-    d["num_key_value_heads"] = d["num_key_value_heads"] or d["num_attention_heads"]
-    d["head_dim"] = d["head_dim"] or int(d["hidden_size"]) // int(d["num_attention_heads"])
-    return {k: int(v) for k, v in d.items()}
-
-
-def train_flops(dims: dict[str, int], seq_len: int) -> float:
-    """Training FLOP a token (``climb_hpc.proxy.model.train_flops_per_token``: 6 x matmul params + attention)."""
-    from climb_hpc.proxy.model import train_flops_per_token
-
-    return train_flops_per_token(SimpleNamespace(**dims), seq_len)
-
-
-def matmul_params(dims: dict[str, int]) -> float:
-    return train_flops(dims, 0) / 6
-
-
-def model_dims(path: Any, key: str, fallback: Optional[dict[str, int]], led: Ledger, name: str) -> dict[str, int]:
-    """Dims from ``path``/config.json when readable here, else ``fallback`` (recorded either way)."""
-    conf = read_json(Path(str(path)) / "config.json") if path else None
-    if conf:
-        dims, src = dims_of(conf), f"{path}/config.json"
-    elif fallback is not None:
-        dims, src = fallback, f"{key} (not readable here)" if path else key
-    else:
-        raise ConfigError(f"{key}={path}: no config.json there; plan needs the model's dimensions")
-    led.use(f"{name} matmul params", matmul_params(dims), f"{src}: {_dims_text(dims)}")
-    return dims
-
-
-def _dims_text(d: dict[str, int]) -> str:
-    return (f"h {d['hidden_size']}, ffn {d['intermediate_size']}, {d['num_hidden_layers']} layers, "
-            f"{d['num_attention_heads']}/{d['num_key_value_heads']} heads x {d['head_dim']}, vocab {d['vocab_size']}")
-
-
-def teacher(cfg: DictConfig, vocab: int, led: Ledger) -> tuple[dict[str, int], bool]:
-    """(teacher dims, whether the run pretrains it first: the built-in tiny teacher)."""
-    t = cfg.minitron.teacher
-    if t.get("path"):
-        fb = dims_of(cfg.plan.models.teacher)
-        return model_dims(t.path, "minitron.teacher.path", fb, led, "teacher"), False
-    dims = dims_of(t.model, vocab)
-    led.use("teacher matmul params", matmul_params(dims),
-            f"minitron.teacher.model (the built-in tiny teacher, pretrained first): {_dims_text(dims)}")
-    return dims, True
-
-
-def student(cfg: DictConfig, teacher_dims: dict[str, int], led: Ledger) -> dict[str, int]:
-    """The distilled student: distill.student / student_config, else the teacher after minitron.prune's targets."""
-    d, p = cfg.minitron.distill, cfg.minitron.prune
-    if d.get("student_config") and not d.get("student"):
-        dims = dims_of(d.student_config, teacher_dims["vocab_size"])
-        led.use("student matmul params", matmul_params(dims), f"minitron.distill.student_config: {_dims_text(dims)}")
-        return dims
-    pruned = dict(teacher_dims)
-    for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
-        if p.get(k):
-            pruned[k] = int(p[k])
-    pruned["num_hidden_layers"] -= int((p.get("depth") or {}).get("drop") or 0)
-    if d.get("student"):
-        return model_dims(d.student, "minitron.distill.student", pruned, led, "student")
-    led.use("student matmul params", matmul_params(pruned), f"the teacher pruned by minitron.prune: {_dims_text(pruned)}")
-    return pruned
-
-
-# ---------------------------------------------------------------- the work of each stage
-
-
-@dataclass
-class Inputs:
-    tokens: float
-    docs: float
-    tokens_per_doc: float
-    vocab: int
-
-
-def _rate(cfg: DictConfig, key: str, led: Ledger, unit: str) -> float:
-    """``plan.rates.<key>`` (e.g. ingest_tokens_s), recorded as "ingest rate"."""
-    return float(led.use(f"{key.split('_')[0]} rate", float(cfg.plan.rates[key]), f"plan.rates.{key}", unit))
-
-
-def _embed_tasks(cfg: DictConfig, docs: float, led: Ledger) -> int:
-    rows = int(cfg.embed.rows_per_shard) * int(cfg.embed.shards_per_task)
-    led.use("docs an embed task", rows, "embed.rows_per_shard x embed.shards_per_task")
-    return max(1, math.ceil(docs / rows))
-
-
-def _ingest_tasks(cfg: DictConfig, x: Inputs, led: Ledger) -> int:
-    bpt = led.use("bytes a token", float(cfg.plan.bytes_per_token), "plan.bytes_per_token")
-    mb = led.use("ingest chunk", float(cfg.corpus.chunk_mb), "corpus.chunk_mb (plain JSONL; a compressed file is one task)", "MB")
-    return max(1, math.ceil(x.tokens * bpt / (mb * 2**20)))
-
-
-def _kmeans_k(cfg: DictConfig, docs: float, led: Ledger) -> tuple[int, int]:
-    k = cfg.clusters.kmeans
-    n = int(min(int(k.sample_size), docs))
-    kk = min(int(k.k_init), max(2, n // int(k.min_points_per_centroid)), n)
-    led.use("k-means sample", n, "min(clusters.kmeans.sample_size, docs)")
-    led.use("K", kk, "clusters.kmeans.k_init (capped at sample / min_points_per_centroid)")
-    return n, kk
-
-
-def work_of(name: str, cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
-    """The work of one stage, from the config and the corpus size."""
-    if name == "ingest":
-        return Work("text (CPU)", [_ingest_tasks(cfg, x, led)], core_s=x.tokens / _rate(cfg, "ingest_tokens_s", led, "tokens/s a core"))
-    if name == "embed":
-        params, _ = encoder(cfg, led)
-        per_doc = led.use("tokens an encoder sees a doc", min(x.tokens_per_doc, int(cfg.embed.max_length)),
-                          "min(tokens a doc, embed.max_length): longer docs are truncated")
-        return Work("encoder inference", [_embed_tasks(cfg, x.docs, led)], flop=2 * params * x.docs * per_doc)
-    if name == "quality":
-        return Work("text (CPU)", [_embed_tasks(cfg, x.docs, led)],
-                    core_s=x.tokens / _rate(cfg, "quality_tokens_s", led, "tokens/s a core"))
-    if name == "kmeans":
-        _, dim = encoder(cfg, led)
-        n, k = _kmeans_k(cfg, x.docs, led)
-        km = cfg.clusters.kmeans
-        return Work("k-means", [1], flop=2.0 * n * k * dim * int(km.niter) * int(km.nredo))
-    if name == "assign":
-        _, dim = encoder(cfg, led)
-        _, k = _kmeans_k(cfg, x.docs, led)
-        return Work("nearest centroid", [_embed_tasks(cfg, x.docs, led)], flop=2.0 * x.docs * k * dim)
-    if name == "refine":
-        return Work("rows (CPU)", [1], core_s=x.docs / _rate(cfg, "refine_docs_s", led, "docs/s a core"))
-    if name == "tokenize":
-        return Work("text (CPU)", [_ingest_tasks(cfg, x, led)], threaded=True,
-                    core_s=x.tokens / _rate(cfg, "tokenize_tokens_s", led, "tokens/s a core"))
-    if name == "search":
-        return _search(cfg, x, led)
-    if name == "mix":
-        r = cfg.clusters.refine
-        clusters = int(r.get("target_clusters") or r.get("max_clusters") or 40)
-        led.use("final clusters", clusters, "clusters.refine.target_clusters or max_clusters (an upper bound)")
-        tokens = led.use("mixed tokens", float(cfg.mix.tokens), "mix.tokens")
-        return Work("text (CPU)", [clusters], core_s=tokens / _rate(cfg, "mix_tokens_s", led, "tokens/s a core"))
-    if name in ("correct", "importance", "prune", "distill"):
-        return _minitron(name, cfg, x, led)
-    if name == "report":
-        return Work("report (CPU)", [1], task_s=float(led.use("report", float(cfg.plan.rates.report_s), "plan.rates.report_s", "s")))
-    raise ConfigError(f"plan.stages: unknown stage {name!r}")
-
-
-def _search(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
-    """Proxy trials: each round one array; (training + evaluation) FLOP a trial x trials."""
-    from climb_hpc.proxy.train import num_steps
-    from climb_hpc.search.strategies import split_budget
-
-    s, p, t = cfg.search, cfg.proxy, cfg.target
-    budget, strategy = int(led.use("search budget", int(s.budget), "search.budget", "trials")), str(s.strategy)
-    if strategy == "climb":
-        rounds = [m for m in split_budget(budget, [float(v) for v in s.proportions]) if m > 0]
-        led.use("search rounds", rounds, "search.proportions (climb)", "trials")
-    else:
-        rounds = [budget - 1, 1] if strategy == "regmix" else [budget]
-        led.use("search rounds", rounds, f"search.strategy={strategy}", "trials")
-    refs = len(list(s.get("references") or []))
-    if refs:
-        rounds.append(int(led.use("reference trials", refs, "search.references (outside the budget)", "trials")))
-    dims = dims_of(p.model, x.vocab)
-    seq = int(p.seq_len)
-    fpt = train_flops(dims, seq)
-    led.use("proxy matmul params", matmul_params(dims), f"proxy={p.get('name')} (proxy.model): {_dims_text(dims)}")
-    trained = num_steps(p) * int(p.batch_size) * seq
-    led.use("proxy tokens a trial", trained, "proxy.tokens, rounded up to whole steps of batch_size x seq_len")
-    led.use("proxy FLOP a token", fpt, f"climb_hpc.proxy.model.train_flops_per_token at proxy.seq_len={seq}", "FLOP")
-    kind = str(t.kind)
-    if kind == "mc":
-        evals = int(t.max_items) * float(cfg.plan.mc_tokens_per_item) + (int(t.max_tokens) if t.cluster_losses else 0)
-        src = "target.max_items x plan.mc_tokens_per_item (+ target.max_tokens of cluster losses)"
-    else:
-        extra = kind != "heldout" and t.cluster_losses
-        evals, src = int(t.max_tokens) * (2 if extra else 1), "target.max_tokens" + (" x 2 (+ cluster losses)" if extra else "")
-    led.use("eval tokens a trial", evals, src)
-    per_trial = fpt * trained + fpt / 3 * evals
-    return Work("proxy training", rounds, flop=per_trial * sum(rounds))
-
-
-def _minitron(name: str, cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
-    from climb_hpc.minitron.engine import num_steps
-    from climb_hpc.minitron.importance import depth_drop
-
-    m = cfg.minitron
-    t_dims, tiny = teacher(cfg, x.vocab, led)
-    if name == "correct":
-        c = m.correct
-        seq = int(c.seq_len)
-        tokens = led.use("correct tokens", num_steps(c) * int(c.global_batch_size) * seq,
-                         "minitron.correct.tokens, rounded up to whole steps")
-        flop = train_flops(t_dims, seq) * tokens
-        if tiny:
-            pre = {"tokens": m.teacher.pretrain_tokens, "global_batch_size": c.global_batch_size, "seq_len": seq}
-            pre_tokens = led.use("teacher pretraining tokens", num_steps(pre) * int(c.global_batch_size) * seq,
-                                 "minitron.teacher.pretrain_tokens (teacher.path is null)")
-            flop += train_flops(t_dims, seq) * pre_tokens
-        return Work("LLM training", [1], flop=flop)
-    if name == "importance":
-        i = m.importance
-        if i.get("model"):
-            t_dims = model_dims(i.model, "minitron.importance.model", t_dims, led, "importance model")
-        seq = int(i.seq_len)
-        tokens = led.use("calibration tokens", int(i.samples) * seq, "minitron.importance.samples x seq_len")
-        drop, layers = depth_drop(cfg), t_dims["num_hidden_layers"]
-        candidates = layers - drop + 1 if 0 < drop <= layers else 0
-        led.use("depth candidates", candidates, "layers - drop + 1, a loss forward each (drop: minitron.importance.drop "
-                                                "or minitron.prune.depth.drop)")
-        fwd = train_flops(t_dims, seq) / 3
-        flop = fwd * tokens * (2 + candidates)  # the hooked pass, the base loss, one loss a removed block
-        if i.get("mc_path"):
-            flop += fwd * int(i.mc_max_items) * float(cfg.plan.mc_tokens_per_item) * (candidates + 1)
-        return Work("forward", [1], flop=flop)
-    if name == "prune":
-        params = matmul_params(t_dims) + t_dims["hidden_size"] * t_dims["vocab_size"]  # + the input embedding
-        return Work("weights (CPU)", [1], task_s=params / _rate(cfg, "prune_params_s", led, "params/s a task"))
-    d = m.distill
-    s_dims = student(cfg, t_dims, led)
-    if d.get("teacher"):
-        t_dims = model_dims(d.teacher, "minitron.distill.teacher", t_dims, led, "distill teacher")
-    seq = int(d.seq_len)
-    tokens = led.use("distill tokens", num_steps(d) * int(d.global_batch_size) * seq,
-                     "minitron.distill.tokens, rounded up to whole steps")
-    led.use("distill FLOP a token", "train(student) + forward(teacher)", "train_flops_per_token: 6N + attention; / 3")
-    return Work("distillation", [1], flop=(train_flops(s_dims, seq) + train_flops(t_dims, seq) / 3) * tokens)
 
 
 # ---------------------------------------------------------------- from work to hours
 
 
-def resources_of(name: str, cfg: DictConfig) -> tuple[Resources, bool]:
-    """(a task's resources as the scheduler would request them, whether it checkpoints and resumes)."""
-    from climb_hpc.stage import get_stage, stage_resources
-
-    if name == "report":
-        return Resources(cpus=1, time_min=60), False
-    stage = get_stage("proxy/plan" if name == "search" else name)
-    return stage_resources(cfg, stage), stage.checkpointable
-
-
-def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: DictConfig, hw: Hardware,
-             led: Ledger, warnings: list[str], notes: list[str]) -> StageEstimate:
-    """Hours of one stage: a task's wall from its work and its job's throughput, then rounds of arrays."""
-    gpus, cores = res.nodes * res.tasks_per_node * res.gpus, res.nodes * res.tasks_per_node * res.cpus
+def _cluster_slots(name: str, res: Resources, hw: Hardware, family: str, cfg: DictConfig,
+                   led: Ledger) -> tuple[int, int, int, float]:
+    """(tasks a node fits, tasks the cluster fits at once, the array throttle, the share of a node a task holds)."""
     per_node = res.tasks_per_node
     fits = [hw.cpus // (per_node * res.cpus)]
     if res.gpus:
@@ -529,11 +272,38 @@ def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: D
         raise ConfigError(f"stage {name}: a task asks for {res.nodes} node(s) x {per_node} rank(s) x ({res.gpus} GPU, "
                           f"{res.cpus} cpus{f', {res.mem_gb} GB' if res.mem_gb else ''}), more than {hw.profile} has "
                           f"({hw.nodes} nodes x {hw.gpus} GPUs, {hw.cpus} cores, {hw.mem_gb:g} GB); "
-                          f"change cluster.stage_resources.{'proxy' if name == 'search' else name}")
+                          f"change cluster.stage_resources.{family}")
     share = res.nodes * max(per_node * res.gpus / hw.gpus, per_node * res.cpus / hw.cpus, (res.mem_gb or 0) / hw.mem_gb)
     slots = hw.nodes // res.nodes if res.nodes > 1 else fit * hw.nodes
     throttle = int(cfg.cluster.get("array_parallelism") or slots)
     led.use("array parallelism", throttle, "cluster.array_parallelism")
+    return fit, slots, throttle, share
+
+
+def _machine_slots(name: str, res: Resources, hw: Hardware, family: str, led: Ledger) -> tuple[int, int, int, float]:
+    """The same on a CPU profile: the local executor runs as many tasks at once as its CPU budget allows (a task
+    larger than the machine alone); the debug executor one after another, in its own process."""
+    if res.gpus:
+        raise ConfigError(f"stage {name}: a task asks for {res.gpus} GPU(s), and cluster={hw.profile} is planned on "
+                          f"this machine's CPUs; plan it without (cluster.stage_resources.{family}.gpus=0) or on a "
+                          f"GPU profile (cluster=dgx_h100_32n)")
+    cost = min(hw.cpus, res.cpus * res.nodes * res.tasks_per_node)
+    slots = 1 if hw.executor == "debug" else max(1, hw.cpus // cost)
+    led.use("tasks at once", "CPU budget / a task's cpus" if hw.executor == "local" else 1,
+            f"the {hw.executor} executor (climb_hpc/scheduler/{hw.executor}.py)")
+    return slots, slots, slots, cost / hw.cpus
+
+
+def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: DictConfig, hw: Hardware,
+             led: Ledger, warnings: list[str], notes: list[str], family: Optional[str] = None) -> StageEstimate:
+    """Hours of one stage: a task's wall from its work and its job's throughput, then rounds of arrays.
+    ``family``: the cluster.stage_resources key of its tasks (its own name unless they run as another stage)."""
+    family = family or name
+    gpus, cores = res.nodes * res.tasks_per_node * res.gpus, res.nodes * res.tasks_per_node * res.cpus
+    if hw.cpu_only:
+        fit, slots, throttle, share = _machine_slots(name, res, hw, family, led)
+    else:
+        fit, slots, throttle, share = _cluster_slots(name, res, hw, family, cfg, led)
 
     flop_s = 0.0
     if work.flop:
@@ -541,13 +311,23 @@ def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: D
             key = MFU_KEY[work.kind]
             mfu = float(led.use(f"MFU {key}", float(cfg.plan.mfu[key]), f"plan.mfu.{key}"))
             flop_s = gpus * hw.peak_tflops * 1e12 * mfu
+        elif hw.cpu_only:  # measured on the CI machine, by kind of work; threads are at most the machine's cores
+            key = CPU_KEY[work.kind]
+            rate = float(led.use(f"CPU GFLOP/s a core, {key}", float(cfg.plan.cpu[f"{key}_gflops"]),
+                                 f"plan.cpu.{key}_gflops"))
+            flop_s = min(cores, hw.cpus) * rate * 1e9
         else:
             flop_s = cores * float(led.use("CPU GFLOP/s a core", float(cfg.plan.cpu_gflops), "plan.cpu_gflops")) * 1e9
-    key = "multinode_job" if res.nodes > 1 else ("gpu_task" if gpus else "cpu_task")
-    overhead = float(led.use(f"start of a {key.replace('_', ' ')}", float(cfg.plan.overhead_s[key]), f"plan.overhead_s.{key}", "s"))
+    if hw.cpu_only:
+        key = "model_task" if work.model else "task"
+        overhead = float(led.use(f"start of a {key.replace('_', ' ')} here", float(cfg.plan.cpu[f"{key}_start_s"]),
+                                 f"plan.cpu.{key}_start_s", "s"))
+    else:
+        key = "multinode_job" if res.nodes > 1 else ("gpu_task" if gpus else "cpu_task")
+        overhead = float(led.use(f"start of a {key.replace('_', ' ')}", float(cfg.plan.overhead_s[key]), f"plan.overhead_s.{key}", "s"))
     task_s = overhead + work.task_s
     task_s += work.flop / work.tasks / flop_s if work.flop else 0.0
-    task_s += work.core_s / work.tasks / (cores if work.threaded else 1) if work.core_s else 0.0
+    task_s += work.core_s / work.tasks / (min(cores, hw.cpus) if work.threaded else 1) if work.core_s else 0.0
 
     concurrent = min(max(work.rounds), throttle, slots)
     wall_s = sum(math.ceil(n / min(n, throttle, slots)) * task_s for n in work.rounds if n)
@@ -558,7 +338,7 @@ def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: D
         notes.append(f"{name}: starting its {work.tasks} tasks is {100 * overhead / task_s:.0f} % of its hours; "
                      f"fewer, larger tasks would cut it")
     time_limit = int(cfg.cluster.get("time_min") or res.time_min)
-    if task_s > time_limit * 60:
+    if task_s > time_limit * 60 and not hw.cpu_only:  # this machine's executors set no time limit
         need = math.ceil(task_s / 60)
         if checkpointable:
             requeues = math.ceil(task_s / (time_limit * 60)) - 1
@@ -568,15 +348,36 @@ def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: D
                                 f"more than cluster.max_num_timeout={allowed}: raise one of them")
         else:
             warnings.append(f"{name}: a task needs ~{need} min but its time limit is {time_limit} min and it cannot "
-                            f"resume: raise cluster.stage_resources.{name}.time_min, or give it more cpus or GPUs")
+                            f"resume: raise cluster.stage_resources.{family}.time_min, or give it more cpus or GPUs")
     shape = (f"{res.nodes}n x {res.tasks_per_node} x " if res.nodes > 1 or res.tasks_per_node > 1 else "") + \
         (f"{res.gpus}g {res.cpus}c" if res.gpus else f"{res.cpus}c")
-    busy = res.nodes * concurrent if res.nodes > 1 else math.ceil(concurrent / fit)
+    busy = res.nodes * concurrent if res.nodes > 1 and not hw.cpu_only else math.ceil(concurrent / fit)
     hours = work.tasks * task_s / 3600
     return StageEstimate(stage=name, kind=work.kind, tasks=work.tasks, shape=shape, flop=work.flop, task_h=task_s / 3600,
                          concurrent=concurrent, gpus_in_use=concurrent * gpus, wall_h=wall_s / 3600, gpu_h=hours * gpus,
                          core_h=hours * cores, node_h=hours * share, nodes_busy=busy, nodes=res.nodes,
-                         time_limit_min=time_limit)
+                         time_limit_min=time_limit, mem_gb=work.mem_gb)
+
+
+def no_estimate(name: str) -> StageEstimate:
+    """The row of a stage that states no cost (``Stage.estimate`` is None): listed, counted nowhere."""
+    return StageEstimate(stage=name, kind="no estimate", tasks=0, shape="-", flop=0.0, task_h=0.0, concurrent=0,
+                         gpus_in_use=0, wall_h=0.0, gpu_h=0.0, core_h=0.0, node_h=0.0, nodes_busy=0, nodes=0,
+                         time_limit_min=0, estimated=False)
+
+
+def stage_estimate(name: str, cfg: DictConfig, x: Inputs, hw: Hardware, led: Ledger, warnings: list[str],
+                   notes: list[str]) -> StageEstimate:
+    """One stage's row: its own ``estimate`` hook for the work, the resources its tasks ask for (the scheduler's
+    ``stage_resources``: the stage's config and cluster.stage_resources) for the job shape and time limit."""
+    stage = get_stage(name)
+    hook = getattr(stage, "estimate", None)
+    if hook is None:
+        return no_estimate(name)
+    work = hook(cfg, x, led)
+    tasks_as = get_stage(work.task_stage) if work.task_stage else stage
+    return estimate(name, work, stage_resources(cfg, tasks_as), tasks_as.checkpointable, cfg, hw, led, warnings, notes,
+                    family=tasks_as.name.partition("/")[0])
 
 
 # ---------------------------------------------------------------- the reservation
@@ -652,8 +453,12 @@ def reservation(cfg: DictConfig, stages: list[StageEstimate], now: datetime, led
 # ---------------------------------------------------------------- the plan
 
 
-def notes_for(cfg: DictConfig) -> list[str]:
+def notes_for(cfg: DictConfig, hw: Hardware) -> list[str]:
     """What a reader of the plan should know: CPU-sized defaults planned on a GPU cluster, what is not modelled."""
+    if hw.cpu_only:
+        return [f"planned on this machine's {hw.cpus} cores at the rates measured on the 2-core CI machine (plan.cpu); "
+                "compare with benchmarks/plan_vs_actual.py before trusting them on another machine",
+                "not modelled: the controller's own work between tasks (planning, merges), other load on the machine"]
     out = []
     if str(cfg.proxy.get("name")) == "tiny":
         out.append("proxy=tiny is the CPU proxy; the paper's trials are proxy=62m (or 350m) with search.budget=112")
@@ -675,14 +480,16 @@ def make_plan(cfg: DictConfig, profile: str, now: Optional[datetime] = None) -> 
     names = list(cfg.plan.stages or [])
     if not names:
         raise ConfigError("plan.stages is empty: list the stages to plan, e.g. plan.stages=[ingest,embed]")
-    x = Inputs(tokens, docs, tpd, vocab_size(cfg, led))
-    stages = []
-    for name in names:
-        work = work_of(str(name), cfg, x, led)
-        res, ckpt = resources_of(str(name), cfg)
-        stages.append(estimate(str(name), work, res, ckpt, cfg, hw, led, warnings, notes))
-    request = reservation(cfg, stages, now or datetime.now(), led)
-    return Plan(profile, hw, stages, led.items, request, notes + notes_for(cfg), warnings)
+    x = Inputs(tokens, docs, tpd, vocab_size(cfg, led), cpu=hw.cpu_only, builtin=is_builtin(cfg))
+    stages = [stage_estimate(str(name), cfg, x, hw, led, warnings, notes) for name in names]
+    if not any(s.estimated for s in stages):
+        raise ConfigError(f"no stage of plan.stages={[str(n) for n in names]} states its cost (Stage.estimate)")
+    missing = [s.stage for s in stages if not s.estimated]
+    if missing:
+        notes.append(f"no estimate (left out of the totals): {', '.join(missing)}")
+    # a CPU profile runs on this machine: its wall time is the answer, there is nothing to reserve
+    request = {} if hw.cpu_only else reservation(cfg, [s for s in stages if s.estimated], now or datetime.now(), led)
+    return Plan(profile, hw, stages, led.items, request, notes + notes_for(cfg, hw), warnings)
 
 
 def _num(x: float) -> str:
@@ -696,26 +503,70 @@ def _hours(x: float) -> str:
     return "0" if x == 0 else (f"{x:,.0f}" if x >= 100 else f"{x:.3g}")
 
 
-def render(plan: Plan) -> str:
-    """The plan as text: the table, totals, the request, then warnings, notes and every assumption."""
-    hw = plan.hardware
-    tot = plan.totals
+def _wall(seconds: float) -> str:
+    """12.3 s / 6.2 min / 1.3 h."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.3g} h"
+
+
+#: a table column: (title, format spec, the cell of a stage's row); a title starting with "  " keeps two spaces
+Column = tuple[str, str, Callable[[StageEstimate], str]]
+
+
+def _table(plan: Plan, columns: list[Column], total: list[str]) -> list[str]:
+    """The stages' rows under ``columns`` (a stage without an estimate: its name, ``no estimate`` and dashes),
+    then the ``total`` row (a cell a column)."""
+
+    def line(cells: list[str]) -> str:
+        return "".join(("  " if t.startswith("  ") else "") + f"{c:{spec}}" for c, (t, spec, _) in zip(cells, columns, strict=True))
+
+    head = line([t.strip() for t, _, _ in columns])
+    rows = [head, "-" * len(head)]
+    for s in plan.stages:
+        rows.append(line([fn(s) if s.estimated or i < 2 else "-" for i, (_, _, fn) in enumerate(columns)]))
+    return rows + ["-" * len(head), line(total), ""]
+
+
+def _cluster_table(plan: Plan) -> list[str]:
+    hw, tot = plan.hardware, plan.totals
     lines = [f"climb-hpc plan: cluster={plan.profile} ({hw.nodes} nodes x {hw.gpus} {hw.gpu}, {hw.cpus} cores, "
              f"{hw.mem_gb:g} GB a node)", ""]
-    head = f"{'stage':<11}{'work kind':<18}{'tasks':>7}  {'a task':<17}{'FLOP':>9}  {'GPUs x wall h':>15}" \
-           f"{'GPU-h':>9}{'core-h':>9}{'node-h':>9}"
-    lines += [head, "-" * len(head)]
-    for s in plan.stages:
-        use = f"{s.gpus_in_use} x {s.wall_h:.3g}"
-        lines.append(f"{s.stage:<11}{s.kind:<18}{s.tasks:>7}  {s.shape:<17}{_num(s.flop) if s.flop else '-':>9}  "
-                     f"{use:>15}{_hours(s.gpu_h):>9}{_hours(s.core_h):>9}{_hours(s.node_h):>9}")
-    wall = f"{tot['wall_h']:.3g} h"
-    lines += ["-" * len(head),
-              f"{'total':<11}{'(critical path)':<18}{'':>7}  {'':<17}{_num(tot['flop']):>9}  {wall:>15}"
-              f"{_hours(tot['gpu_h']):>9}{_hours(tot['core_h']):>9}{_hours(tot['node_h']):>9}", ""]
+    columns: list[Column] = [
+        ("stage", "<11", lambda s: s.stage), ("work kind", "<18", lambda s: s.kind), ("tasks", ">7", lambda s: f"{s.tasks}"),
+        ("  a task", "<17", lambda s: s.shape), ("FLOP", ">9", lambda s: _num(s.flop) if s.flop else "-"),
+        ("  GPUs x wall h", ">15", lambda s: f"{s.gpus_in_use} x {s.wall_h:.3g}"),
+        ("GPU-h", ">9", lambda s: _hours(s.gpu_h)), ("core-h", ">9", lambda s: _hours(s.core_h)),
+        ("node-h", ">9", lambda s: _hours(s.node_h))]
+    lines += _table(plan, columns, ["total", "(critical path)", "", "", _num(tot["flop"]), f"{tot['wall_h']:.3g} h",
+                                    _hours(tot["gpu_h"]), _hours(tot["core_h"]), _hours(tot["node_h"])])
     r = plan.reservation
     lines += [f"reservation: {r['node_count']} nodes for {r['duration_h']} h (wall {r['wall_h']:.3g} h x margin, "
               f"rounded up), from {r['start']}:", "", "  " + r["command"], ""]
+    return lines
+
+
+def _machine_table(plan: Plan) -> list[str]:
+    """A CPU profile: wall times on this machine, a task's and the stage's."""
+    hw, tot = plan.hardware, plan.totals
+    mem = f", {hw.mem_gb:.0f} GB" if hw.mem_gb else ""
+    lines = [f"climb-hpc plan: cluster={plan.profile} (this machine: {hw.cpus} cores{mem}, no GPUs; "
+             f"the {hw.executor} executor)", ""]
+    columns: list[Column] = [
+        ("stage", "<11", lambda s: s.stage), ("work kind", "<18", lambda s: s.kind), ("tasks", ">7", lambda s: f"{s.tasks}"),
+        ("  a task", "<8", lambda s: s.shape), ("at once", ">8", lambda s: f"{s.concurrent}"),
+        ("FLOP", ">10", lambda s: _num(s.flop) if s.flop else "-"), ("a task s", ">10", lambda s: f"{s.task_h * 3600:.1f}"),
+        ("wall", ">11", lambda s: _wall(s.wall_h * 3600)), ("core-h", ">9", lambda s: _hours(s.core_h))]
+    lines += _table(plan, columns, ["total", "(critical path)", "", "", "", _num(tot["flop"]), "",
+                                    _wall(tot["wall_h"] * 3600), _hours(tot["core_h"])])
+    return lines + [f"wall time on this machine: {_wall(tot['wall_h'] * 3600)} ({tot['wall_h'] * 3600:.0f} s), the "
+                    f"stages one after another", ""]
+
+
+def render(plan: Plan) -> str:
+    """The plan as text: the table, totals, the request (a cluster) or the wall time (this machine), then
+    warnings, notes and every assumption."""
+    lines = _machine_table(plan) if plan.hardware.cpu_only else _cluster_table(plan)
     for title, items in (("warnings", plan.warnings), ("notes", plan.notes)):
         if items:
             lines += [f"{title}:"] + [f"  - {w}" for w in items] + [""]

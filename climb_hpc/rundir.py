@@ -24,7 +24,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -192,12 +192,27 @@ class RunDir:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def marker_dir(self, stage: str) -> Path:
+        """``_done/<stage>``: the stage's completion markers (remove it to have every task run again)."""
+        return self.path / "_done" / stage
+
+    def failed_dir(self, stage: str) -> Path:
+        return self.path / "_failed" / stage
+
+    def jobs_file(self, stage: str) -> Path:
+        """``_jobs/<stage>.json``: the Slurm jobs launched for the stage (``climb_hpc.scheduler.slurm``)."""
+        return self.path / "_jobs" / f"{stage}.json"
+
+    def tmp_dir(self, stage: str) -> Path:
+        """``_tmp/<stage>``: its tasks' temporaries (:func:`task_temps`), removed when the stage completes."""
+        return self.path / "_tmp" / stage
+
     def _marker(self, stage: str, task: Union[int, str]) -> Path:
         name = task if isinstance(task, str) else f"{task:05d}"
-        return self.path / "_done" / stage / name
+        return self.marker_dir(stage) / name
 
     def _failure(self, stage: str, task: int) -> Path:
-        return self.path / "_failed" / stage / f"{task:05d}"
+        return self.failed_dir(stage) / f"{task:05d}"
 
     # ---- config and manifest
     def exists(self) -> bool:
@@ -241,10 +256,19 @@ class RunDir:
             self._failure(stage, task).unlink()
 
     def done_tasks(self, stage: str) -> set[int]:
-        d = self.path / "_done" / stage
+        d = self.marker_dir(stage)
         if not d.is_dir():
             return set()
         return {int(p.name) for p in d.iterdir() if p.name.isdigit()}
+
+    def marked_stages(self) -> list[str]:
+        """Stages with a marker folder, sorted; a family's members as ``<family>/<member>`` (``proxy/climb_r1``)."""
+        root = self.path / "_done"
+        out: list[str] = []
+        for p in sorted(root.iterdir()) if root.is_dir() else []:
+            members = sorted(q.name for q in p.iterdir() if q.is_dir()) if p.is_dir() else []
+            out += [f"{p.name}/{m}" for m in members] or ([p.name] if p.is_dir() else [])
+        return out
 
     def stage_complete(self, stage: str) -> bool:
         return self._marker(stage, STAGE_MARKER).exists()
@@ -252,27 +276,30 @@ class RunDir:
     def mark_stage_complete(self, stage: str, **info: Any) -> None:
         atomic_write_json(self._marker(stage, STAGE_MARKER), {"finished": time.time(), **info})
         with contextlib.suppress(FileNotFoundError):
-            (self.path / "_failed" / stage / STAGE_FAILURE).unlink()
+            (self.failed_dir(stage) / STAGE_FAILURE).unlink()
 
     def mark_stage_failed(self, stage: str, step: str, error: str, user_error: bool) -> None:
         """The stage's own work (``step``: prepare, drive, finalize) raised: `status` shows it failed."""
-        atomic_write_json(self.path / "_failed" / stage / STAGE_FAILURE,
+        atomic_write_json(self.failed_dir(stage) / STAGE_FAILURE,
                           {"time": time.time(), "step": step, "error": error, "user_error": user_error})
 
     def stage_failure(self, stage: str) -> Optional[dict]:
-        return None if self.stage_complete(stage) else read_json(self.path / "_failed" / stage / STAGE_FAILURE)
+        return None if self.stage_complete(stage) else read_json(self.failed_dir(stage) / STAGE_FAILURE)
 
-    def reset_stage(self, stage: str) -> None:
-        """Forget a stage entirely: its markers, failures, recorded jobs and its folder ``<run>/<stage>``.
-        For a stage that has not completed, whose config changed: its tasks run again from scratch."""
+    def reset_stage(self, stage: str, outputs: Sequence[Path] = ()) -> None:
+        """Forget a stage entirely: its markers, failures, recorded jobs, its folder ``<run>/<stage>`` and its
+        other ``outputs`` (``climb_hpc.stage.output_roots``). For a stage that has not completed, whose config
+        changed: its tasks run again from scratch."""
         for d in ("_done", "_failed", "_preempted", "_jobs", "_tmp"):
             _remove(self.path / d / stage)
-        _remove(self.path / "_jobs" / f"{stage}.json")
+        _remove(self.jobs_file(stage))
         _remove(self.path / stage)
+        for p in outputs:
+            _remove(p)
 
     def clear_stage(self, stage: str) -> None:
         """Forget a stage's completion (markers only); its tasks rerun and overwrite their outputs."""
-        shutil.rmtree(self.path / "_done" / stage, ignore_errors=True)
+        shutil.rmtree(self.marker_dir(stage), ignore_errors=True)
 
     # ---- failures
     def mark_preempted(self, stage: str, task: int) -> None:
@@ -285,7 +312,7 @@ class RunDir:
                           {"time": time.time(), "error": error, "log": log, "user_error": user_error})
 
     def failures(self, stage: str) -> dict[int, dict]:
-        d = self.path / "_failed" / stage
+        d = self.failed_dir(stage)
         if not d.is_dir():
             return {}
         done = self.done_tasks(stage)

@@ -201,6 +201,7 @@ class Thresholds:
 
 @dataclass
 class Refine:
+    from_field: Optional[str]
     prune: bool
     axes: list[str]
     thresholds: Thresholds
@@ -505,6 +506,27 @@ class Reservation:
 
 
 @dataclass
+class PlanCpu:
+    """plan.cpu: the rates of a CPU profile (cluster=local, debug), measured on the CI machine."""
+
+    encoder_gflops: Any = number()
+    kmeans_gflops: Any = number()
+    proxy_gflops: Any = number()
+    llm_gflops: Any = number()
+    distill_gflops: Any = number()
+    forward_gflops: Any = number()
+    task_start_s: Any = number()
+    model_task_start_s: Any = number()
+    rates: Rates
+
+
+@dataclass
+class PlanBuiltin:
+    tokens_per_doc: int
+    vocab_size: int
+
+
+@dataclass
 class Plan:
     corpus_tokens: Any = number()
     corpus_docs: Any = number()
@@ -519,6 +541,8 @@ class Plan:
     mc_tokens_per_item: int
     models: PlanModels
     reservation: Reservation
+    cpu: PlanCpu
+    builtin: PlanBuiltin
 
 
 @dataclass

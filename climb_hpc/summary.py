@@ -43,10 +43,16 @@ def _losses(m: Optional[dict[str, Any]]) -> str:
     return "val " + ", ".join(parts)
 
 
-def corpus_lines(run: Path) -> list[str]:
+def _outputs(rd: RunDir, stage: str) -> Any:
+    from climb_hpc.stage import get_stage
+
+    return get_stage(stage).outputs(rd)
+
+
+def corpus_lines(rd: RunDir) -> list[str]:
     out = []
-    ingest, tok, refine = (_read(run / "ingest" / "summary.json"), _read(run / "tokenize" / "summary.json"),
-                           _read(run / "refine" / "clusters.json"))
+    ingest, tok, refine = (_read(_outputs(rd, "ingest").summary), _read(_outputs(rd, "tokenize").summary),
+                           _read(_outputs(rd, "refine").clusters))
     if ingest:
         damaged = len(ingest.get("damaged_files") or [])
         out.append(f"corpus      {ingest.get('docs_written', 0):,} docs ({ingest.get('docs_quarantined', 0):,} "
@@ -59,8 +65,8 @@ def corpus_lines(run: Path) -> list[str]:
     return out
 
 
-def mixture_lines(run: Path) -> list[str]:
-    res = _read(run / "search" / "result.json")
+def mixture_lines(rd: RunDir) -> list[str]:
+    res = _read(_outputs(rd, "search").result)
     if not res or not res.get("best"):
         return []
     best, lower = res["best"], res.get("direction", "lower") == "lower"
@@ -77,15 +83,16 @@ def mixture_lines(run: Path) -> list[str]:
     return line
 
 
-def minitron_lines(run: Path) -> list[str]:
+def minitron_lines(rd: RunDir) -> list[str]:
     out = []
-    for label, folder, metrics in (("teacher", "teacher", run / "correct" / "metrics.json"),
-                                   ("student", "student", run / "distill" / "metrics.json")):
-        cfg = _read(run / folder / "config.json")
+    correct, distill = _outputs(rd, "correct"), _outputs(rd, "distill")
+    for label, folder, metrics in (("teacher", correct.teacher, correct.metrics),
+                                   ("student", distill.student, distill.metrics)):
+        cfg = _read(folder / "config.json")
         if cfg is None:
             continue
         out.append(f"{label:<12}{_shape(cfg)}; {_losses(_read(metrics))}")
-    prune = _read(run / "prune" / "summary.json")
+    prune = _read(_outputs(rd, "prune").summary)
     if prune:
         p = prune["params"]
         dropped = prune.get("kept", {}).get("dropped_layers") or []
@@ -95,13 +102,14 @@ def minitron_lines(run: Path) -> list[str]:
 
 
 def summary_lines(run_dir: str | Path) -> list[str]:
-    run = RunDir(run_dir).path
+    rd = RunDir(run_dir)
     lines = []
     for part in (corpus_lines, mixture_lines, minitron_lines):
         try:
-            lines += part(run)
+            lines += part(rd)
         except (KeyError, TypeError, ValueError) as e:  # a summary must never fail a finished run
             lines.append(f"({part.__name__.split('_')[0]}: no summary, {type(e).__name__}: {e})")
-    if (run / "report.html").is_file():
-        lines.append(f"report      {run / 'report.html'}")
+    page = _outputs(rd, "report").page
+    if page.is_file():
+        lines.append(f"report      {page}")
     return lines

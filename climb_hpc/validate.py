@@ -50,6 +50,9 @@ POSITIVE_NUM = {
     "report_s", "rms_norm_eps", "rope_theta", "temperature", "tokenize_tokens_s",
 }
 NONNEG_NUM = {"dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
+# plan.cpu: GFLOP/s a core by kind of work, and task start-up seconds, of a CPU profile
+POSITIVE_NUM |= {"encoder_gflops", "kmeans_gflops", "proxy_gflops", "llm_gflops", "distill_gflops", "forward_gflops"}
+NONNEG_NUM |= {"task_start_s", "model_task_start_s"}
 #: (low, high, low inclusive, high inclusive)
 INTERVALS = {
     "holdout_fraction": (0.0, 1.0, False, False),

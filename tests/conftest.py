@@ -46,7 +46,9 @@ SLURM = ("cluster=slurm", "cluster.poll_s=0.5")
 
 
 #: The built-in corpus at 40 docs a domain, tokenized with a 600-token BPE (tests/test_proxy.py, test_search.py)
-TOKENIZED = ("corpus.builtin.docs_per_domain=40", "tokenize.vocab_size=600", "tokenize.batch_size=16")
+#: (one cluster a source domain: clusters.refine.from_field, no embedding or k-means)
+TOKENIZED = ("corpus.builtin.docs_per_domain=40", "tokenize.vocab_size=600", "tokenize.batch_size=16",
+             "clusters.refine.from_field=source")
 #: A 2-layer, 64-wide Llama proxy: a step is ~30 ms on one thread
 SMALL_PROXY = ("proxy.model.hidden_size=64", "proxy.model.intermediate_size=128", "proxy.model.num_hidden_layers=2",
                "proxy.model.num_attention_heads=2", "proxy.model.num_key_value_heads=1", "proxy.model.head_dim=32",
@@ -55,17 +57,26 @@ SMALL_PROXY = ("proxy.model.hidden_size=64", "proxy.model.intermediate_size=128"
 
 
 def tokenized_run(run: Path) -> Path:
-    """Ingest + tokenize the small built-in corpus with clusters planted from the true domains (7 clusters):
-    refine's output is written by hand, so no embedding or clustering is needed."""
-    from climb_hpc.clusters.labels import clusters_from_field
+    """Ingest + tokenize the small built-in corpus with one cluster a true domain (7 clusters): refine takes
+    them from the docs' source field (clusters.refine.from_field), so no embedding or clustering is needed."""
     from climb_hpc.pipeline import run_pipeline
-    from climb_hpc.rundir import RunDir
 
-    stages = "pipeline.stages=[ingest,tokenize]"
-    run_pipeline(make_cfg(run, "cluster=debug", *TOKENIZED, stages, "until=ingest"))
-    clusters_from_field(RunDir(run), "source")
-    run_pipeline(make_cfg(run, "cluster=debug", *TOKENIZED, stages))
+    run_pipeline(make_cfg(run, "cluster=debug", *TOKENIZED, "pipeline.stages=[ingest,refine,tokenize]"))
     return run
+
+
+def plant_refine(run: Path, ids: list[str], clusters: list[int]) -> None:
+    """Play the refine stage: write its outputs (any clusters, -1 = pruned) and mark it complete."""
+    import numpy as np
+    import pyarrow as pa
+
+    from climb_hpc.clusters.refine import clusters_path, doc_clusters_path, write_doc_clusters
+    from climb_hpc.rundir import RunDir, atomic_write_json
+
+    rd = RunDir(run)
+    write_doc_clusters(doc_clusters_path(rd), pa.array(ids, pa.string()), np.asarray(clusters))
+    atomic_write_json(clusters_path(rd), {"clusters": sorted(set(clusters) - {-1}), "planted": True})
+    rd.mark_stage_complete("refine")
 
 
 def clone_run(src: Path, dst: Path, *overrides: str):

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, SMALL_PROXY, TOKENIZED
 
 #: The default pipeline, shrunk: 40 docs a domain, 7 proxy trials + 2 references, a 2-layer teacher.
 SMALL_RUN = (
-    *TOKENIZED, *SMALL_PROXY, "embed.cpus=1", "embed.max_length=64", "clusters.kmeans.min_points_per_centroid=10",
+    *TOKENIZED, "clusters.refine.from_field=null", *SMALL_PROXY, "embed.cpus=1", "embed.max_length=64", "clusters.kmeans.min_points_per_centroid=10",
     "clusters.refine.target_clusters=5", "proxy.tokens=8192", "search.budget=7", "search.pool_size=300",
     "mix.tokens=40000",
     "minitron.teacher.model.hidden_size=64", "minitron.teacher.model.intermediate_size=192",

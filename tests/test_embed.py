@@ -24,7 +24,7 @@ from climb_hpc.corpus import iter_doc_shards
 from climb_hpc.embed import load_id_to_row, open_embeddings
 from climb_hpc.embed.stage import STAGE
 from climb_hpc.embed.store import make_layout, store_path, summary_path
-from climb_hpc.pipeline import run_pipeline
+from climb_hpc.pipeline import prepare_stage, run_pipeline
 from climb_hpc.rundir import RunDir, read_json
 from tests.conftest import ROOT, SHARED_DATA, SLURM, make_cfg
 
@@ -161,13 +161,13 @@ def test_changed_layout_is_refused(reference, tmp_path):
     shutil.copytree(reference, run)
     rd = RunDir(run)
     cfg = rd.load_config()
-    assert STAGE.num_tasks(cfg, rd) == N_TASKS  # same settings: the existing array is kept
+    assert prepare_stage(cfg, rd, STAGE)[0] == N_TASKS  # same settings: the existing array is kept
     cfg.embed.rows_per_shard = 32
     with pytest.raises(RuntimeError, match="planned differently"):
-        STAGE.num_tasks(cfg, rd)
+        prepare_stage(cfg, rd, STAGE)[0]
     (run / "embed" / "layout.json").unlink()
     with pytest.raises(RuntimeError, match="another layout"):
-        STAGE.num_tasks(cfg, rd)
+        prepare_stage(cfg, rd, STAGE)[0]
 
 
 # ---------------------------------------------------------------- resume

@@ -18,6 +18,7 @@ from climb_hpc.corpus import doc_shard_paths, iter_doc_batches, iter_doc_shards
 from climb_hpc.corpus.builtin import DOMAINS, MAX_CHARS, MIN_CHARS
 from climb_hpc.corpus.ingest import STAGE, plan_path, quarantine_path, shard_path, stats_path, summary_path
 from climb_hpc.errors import ConfigError, InputError
+from climb_hpc.pipeline import prepare_stage
 from climb_hpc.rundir import RunDir, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def make_cfg(seed: int = 0, **corpus: Any) -> DictConfig:
 
 
 def run_stage(cfg: DictConfig, run_dir: RunDir) -> dict:
-    n = STAGE.num_tasks(cfg, run_dir)
+    n = prepare_stage(cfg, run_dir, STAGE)[0]
     for t in range(n):
         STAGE.run(cfg, run_dir, t)
         run_dir.mark_done("ingest", t)
@@ -219,7 +220,7 @@ def test_rerun_overwrites_with_same_bytes(tmp_path: Path) -> None:
     src.write_bytes(data * 3)  # duplicates across chunks would be caught; keep one chunk per copy
     cfg = make_cfg(paths=[str(src)])
     run_dir = RunDir(tmp_path / "run")
-    assert STAGE.num_tasks(cfg, run_dir) == 1
+    assert prepare_stage(cfg, run_dir, STAGE)[0] == 1
     STAGE.run(cfg, run_dir, 0)
     first = shard_path(run_dir, 0).read_bytes(), quarantine_path(run_dir, 0).read_bytes()
     shard_path(run_dir, 0).write_bytes(b"garbage from a killed run")
@@ -235,13 +236,13 @@ def test_plan_is_reused_and_guarded(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "one"}\n')
     run_dir = RunDir(tmp_path / "run")
-    assert STAGE.num_tasks(make_cfg(paths=[str(src)]), run_dir) == 1
+    assert prepare_stage(make_cfg(paths=[str(src)]), run_dir, STAGE)[0] == 1
     before = plan_path(run_dir).read_bytes()
     (tmp_path / "more.jsonl").write_text('{"text": "two"}\n')
-    assert STAGE.num_tasks(make_cfg(paths=[str(src)]), run_dir) == 1
+    assert prepare_stage(make_cfg(paths=[str(src)]), run_dir, STAGE)[0] == 1
     assert plan_path(run_dir).read_bytes() == before
     with pytest.raises(ConfigError, match="planned with corpus settings"):
-        STAGE.num_tasks(make_cfg(paths=[str(tmp_path)]), run_dir)
+        prepare_stage(make_cfg(paths=[str(tmp_path)]), run_dir, STAGE)[0]
     src.write_text('{"text": "changed size"}\n')
     with pytest.raises(InputError, match="changed since the plan"):
         STAGE.run(make_cfg(paths=[str(src)]), run_dir, 0)
@@ -250,12 +251,12 @@ def test_plan_is_reused_and_guarded(tmp_path: Path) -> None:
 def test_missing_and_empty_inputs_fail_before_launch(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "x.jsonl"
     with pytest.raises(InputError, match=str(missing)):
-        STAGE.num_tasks(make_cfg(paths=[str(missing)]), RunDir(tmp_path / "r1"))
+        prepare_stage(make_cfg(paths=[str(missing)]), RunDir(tmp_path / "r1"), STAGE)[0]
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "sub" / "notes.txt").write_text("not an input")
     with pytest.raises(InputError, match="no input files"):
-        STAGE.num_tasks(make_cfg(paths=[str(empty)]), RunDir(tmp_path / "r2"))
+        prepare_stage(make_cfg(paths=[str(empty)]), RunDir(tmp_path / "r2"), STAGE)[0]
     assert not (tmp_path / "r1" / "ingest" / "plan.json").exists()
 
 
@@ -305,9 +306,9 @@ def builtin_files(run_dir: RunDir) -> dict[str, bytes]:
 def test_builtin_corpus(tmp_path: Path) -> None:
     a, b, c, d = (RunDir(tmp_path / n) for n in "abcd")
     summary = run_stage(make_cfg(**{"builtin.docs_per_domain": 30, "builtin.seed": 1}), a)
-    STAGE.num_tasks(make_cfg(**{"builtin.docs_per_domain": 30, "builtin.seed": 1}), b)
-    STAGE.num_tasks(make_cfg(**{"builtin.docs_per_domain": 30, "builtin.seed": 2}), c)
-    STAGE.num_tasks(make_cfg(seed=1, **{"builtin.docs_per_domain": 30}), d)  # seed null -> top-level seed
+    prepare_stage(make_cfg(**{"builtin.docs_per_domain": 30, "builtin.seed": 1}), b, STAGE)[0]
+    prepare_stage(make_cfg(**{"builtin.docs_per_domain": 30, "builtin.seed": 2}), c, STAGE)[0]
+    prepare_stage(make_cfg(seed=1, **{"builtin.docs_per_domain": 30}), d, STAGE)[0]  # seed null -> top-level seed
 
     assert len(DOMAINS) >= 5
     assert summary["builtin"] and summary["docs_by_source"] == {name: 30 for name in DOMAINS}

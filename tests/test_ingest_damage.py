@@ -28,6 +28,7 @@ from climb_hpc.corpus import readers
 from climb_hpc.corpus.ingest import STAGE, make_plan, plan_path, stats_path
 from climb_hpc.corpus.readers import discover_inputs, iter_records
 from climb_hpc.errors import ConfigError, InputError, UserError
+from climb_hpc.pipeline import prepare_stage
 from climb_hpc.rundir import RunDir, read_json
 from tests.test_ingest import docs, make_cfg, quarantine, run_stage
 
@@ -83,7 +84,7 @@ def assert_fails(src: Path, tmp_path: Path, *where: str) -> str:
     run_dir = RunDir(tmp_path / "fail")
     cfg = make_cfg(paths=[str(src)])
     with pytest.raises(InputError) as e:
-        for t in range(STAGE.num_tasks(cfg, run_dir)):
+        for t in range(prepare_stage(cfg, run_dir, STAGE)[0]):
             STAGE.run(cfg, run_dir, t)
     msg = str(e.value)
     assert str(src) in msg and "\n" not in msg, msg
@@ -348,15 +349,17 @@ def test_parquet_invalid_utf8_without_checksums_is_bad_records(tmp_path: Path) -
 
 
 def test_summary_line_names_damaged_files(tmp_path: Path) -> None:
+    from climb_hpc.corpus.ingest import summary_path
     from climb_hpc.summary import corpus_lines
 
-    (tmp_path / "ingest").mkdir()
+    rd = RunDir(tmp_path)
+    summary_path(rd).parent.mkdir()
     summary = {"docs_written": 9, "docs_quarantined": 1, "damaged_files": []}
-    (tmp_path / "ingest" / "summary.json").write_text(json.dumps(summary))
-    assert "DAMAGED" not in corpus_lines(tmp_path)[0]
+    summary_path(rd).write_text(json.dumps(summary))
+    assert "DAMAGED" not in corpus_lines(rd)[0]
     summary["damaged_files"] = [{"file": "a.jsonl.gz"}, {"file": "b.parquet"}]
-    (tmp_path / "ingest" / "summary.json").write_text(json.dumps(summary))
-    assert "2 DAMAGED input file(s)" in corpus_lines(tmp_path)[0]
+    summary_path(rd).write_text(json.dumps(summary))
+    assert "2 DAMAGED input file(s)" in corpus_lines(rd)[0]
 
 
 # ---------------------------------------------------------------- the whole pipeline
@@ -494,7 +497,7 @@ def test_bad_corpus_settings_fail_before_any_task(tmp_path: Path, key: str, valu
     src = write(tmp_path, "a.jsonl", JSONL[:200].rsplit(b"\n", 1)[0] + b"\n")
     run_dir = RunDir(tmp_path / "run")
     with pytest.raises(ConfigError, match=re.escape(fragment)):
-        STAGE.num_tasks(make_cfg(paths=[str(src)], **{key: value}), run_dir)
+        prepare_stage(make_cfg(paths=[str(src)], **{key: value}), run_dir, STAGE)[0]
     assert not (run_dir.path / "ingest" / "plan.json").exists()
 
 

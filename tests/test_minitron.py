@@ -25,7 +25,7 @@ from climb_hpc.rundir import RunDir, read_json
 from tests.conftest import SLURM, clone_run, tokenized_run, wait_for_lines
 
 MIX = ("mix.weights={0: 0.3, 2: 0.4, 5: 0.3}", "mix.tokens=60000")
-STAGES = "pipeline.stages=[ingest,tokenize,mix,correct,distill]"
+STAGES = "pipeline.stages=[ingest,refine,tokenize,mix,correct,distill]"
 TEACHER = ("minitron.teacher.model.hidden_size=64", "minitron.teacher.model.intermediate_size=192",
            "minitron.teacher.model.num_hidden_layers=2", "minitron.teacher.model.num_attention_heads=2",
            "minitron.teacher.model.num_key_value_heads=1", "minitron.teacher.model.head_dim=32",
@@ -57,8 +57,13 @@ def _digest_equal(a: Path, b: Path) -> bool:
 
 
 def test_ds_config_batches_zero_and_precision():
-    s = {"micro_batch_size": 4, "global_batch_size": 32, "zero_stage": 3, "grad_clip": 1.0, "lr": 1e-3, "gpus": 0,
-         "zero3_persistence_threshold": 0}
+    from omegaconf import OmegaConf
+
+    from climb_hpc.config import compose
+
+    defaults = OmegaConf.to_container(compose([]).minitron.distill, resolve=True)  # the YAML holds the defaults
+    s = {**defaults, "micro_batch_size": 4, "global_batch_size": 32, "zero_stage": 3, "grad_clip": 1.0, "lr": 1e-3,
+         "gpus": 0, "zero3_persistence_threshold": 0}
     c = ds.ds_config(s, world=2)
     assert c["gradient_accumulation_steps"] == 4 and c["train_batch_size"] == 32
     assert c["zero_optimization"]["stage"] == 3 and c["zero_optimization"]["stage3_param_persistence_threshold"] == 0
@@ -89,7 +94,7 @@ def test_data_plan_is_seeded_partitioned_by_rank_and_keeps_validation_out():
 def mixed(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("minitron")
     tokenized_run(base / "tok")
-    cfg = clone_run(base / "tok", base / "mixed", "cluster=debug", "pipeline.stages=[ingest,tokenize,mix]", *MIX)
+    cfg = clone_run(base / "tok", base / "mixed", "cluster=debug", "pipeline.stages=[ingest,refine,tokenize,mix]", *MIX)
     run_pipeline(cfg)
     return base / "mixed"
 

@@ -166,7 +166,8 @@ def test_json_format(capsys):
     (["cluster=nosuch", "plan.corpus_tokens=1e9"], "unknown cluster profile 'nosuch'"),
     (["cluster=dgx_h100_32n"], "plan needs the corpus size: plan.corpus_tokens="),
     (["cluster=slurm", "plan.corpus_tokens=1e9"], "cluster profile 'slurm' has no GPUs described"),
-    (["plan.corpus_tokens=1e9"], "cluster profile 'local' has no GPUs described"),
+    # cluster=local is planned on this machine's CPUs (tests/test_plan_cpu.py); a task that asks for a GPU is not
+    (["plan.corpus_tokens=1e9", "embed.gpus=1"], "is planned on this machine's CPUs"),
     (["cluster=dgx_h100_32n", "plan.corpus_tokens=1e9", "plan.hardware.dgx_h100_32n.gpus=0"], "a profile without gpus"),
     (["cluster=dgx_h100_32n", "plan.corpus_tokens=1e9", "plan.reservation.name='x; rm -rf /'"], "not a valid Slurm name"),
     (["cluster=dgx_h100_32n", "plan.corpus_tokens=1e9", "cluster.stage_resources.distill.nodes=64"], "more than"),

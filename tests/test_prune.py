@@ -168,12 +168,13 @@ def test_importance_then_prune_stages_write_a_loadable_student(tmp_path_factory)
     base = tmp_path_factory.mktemp("prune")
     tokenized_run(base / "tok")
     run = base / "run"
-    over = ("cluster=debug", "pipeline.stages=[ingest,tokenize,mix,importance,prune]", "until=mix",
+    over = ("cluster=debug", "pipeline.stages=[ingest,refine,tokenize,mix,importance,prune]", "until=mix",
             "mix.weights={0: 0.5, 2: 0.5}", "mix.tokens=20000",
             "minitron.importance.samples=32", "minitron.importance.seq_len=32", "minitron.importance.batch_size=8",
             "minitron.importance.cpus=1", "minitron.prune.cpus=1", "minitron.prune.hidden_size=48",
             "minitron.prune.intermediate_size=96", "minitron.prune.num_attention_heads=2",
-            "minitron.prune.depth.drop=1", "minitron.prune.depth.metric=loss")
+            "minitron.prune.depth.drop=1", "minitron.prune.depth.metric=loss",
+            f"minitron.importance.model={run / 'teacher'}")  # a teacher written below, in place of correct's
     cfg = clone_run(base / "tok", run, *over)
     run_pipeline(cfg)
     info = tokenizer_info(RunDir(run))

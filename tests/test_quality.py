@@ -19,7 +19,7 @@ from climb_hpc.cli import main as cli_main
 from climb_hpc.clusters.quality import STAGE, layout_path, store_path, summary_path
 from climb_hpc.clusters.raters import AXES, FastTextRater, HeuristicRater, expected_scores, load_rater
 from climb_hpc.corpus.builtin import DOMAINS, generate
-from climb_hpc.pipeline import run_pipeline
+from climb_hpc.pipeline import prepare_stage, run_pipeline
 from climb_hpc.rundir import RunDir, read_json
 from tests.conftest import make_cfg
 
@@ -142,7 +142,7 @@ def test_stage_heuristic_and_fasttext(tmp_path, trained):
     cfg = rd.load_config()
     cfg.quality.raters = str(trained[0])
     with pytest.raises(RuntimeError, match="planned differently"):
-        STAGE.num_tasks(cfg, rd)
+        prepare_stage(cfg, rd, STAGE)[0]
     # a copy of the run with ingest + embed kept (no second embedding), quality cleared, raters switched
     run2 = tmp_path / "run2"
     shutil.copytree(run, run2)

@@ -28,7 +28,7 @@ from tests.test_minitron import TEACHER
 
 STAGES = ("pipeline.stages=[ingest,embed,quality,kmeans,assign,refine,tokenize,search,mix,correct,importance,prune,"
           "distill,report]")
-RUN = ("cluster=debug", STAGES, *TOKENIZED, *SMALL_PROXY, "embed.max_length=64",
+RUN = ("cluster=debug", STAGES, *TOKENIZED, "clusters.refine.from_field=null", *SMALL_PROXY, "embed.max_length=64",
        "clusters.refine.thresholds.educational=3.0", "clusters.refine.target_clusters=4",
        "proxy.tokens=4096", "search.budget=7", "search.pool_size=300", "mix.tokens=60000",
        *TEACHER, "minitron.teacher.pretrain_tokens=20480",

@@ -24,7 +24,7 @@ from climb_hpc.rundir import RunDir, read_json
 from climb_hpc.search.mix import load_mixed
 from tests.conftest import ROOT, SMALL_PROXY, TOKENIZED, clone_run, tokenized_run
 
-SEARCH = ("pipeline.stages=[ingest,tokenize,search,mix]", "proxy.tokens=4096", "search.budget=7",
+SEARCH = ("pipeline.stages=[ingest,refine,tokenize,search,mix]", "proxy.tokens=4096", "search.budget=7",
           "search.pool_size=300", "mix.tokens=30000")
 
 
@@ -62,7 +62,7 @@ def test_climb_search_rounds_bookkeeping_and_rerun_does_nothing(tokenized, tmp_p
     assert search["complete"] and search["done"] == search["total"] == 9 and search["failed"] == 0
     assert [p["stage"] for p in search["parts"] if "climb_r" in p["stage"]] == [f"proxy/climb_r{k}" for k in (1, 2, 3)]
     results = run_pipeline(cfg)
-    assert [x.ran for x in results] == [0, 0, 0, 0] and _metrics_mtimes(run) == before
+    assert [x.ran for x in results] == [0, 0, 0, 0, 0] and _metrics_mtimes(run) == before  # refine is a stage now
 
 
 def _controller(run: Path, *overrides: str) -> subprocess.Popen:
@@ -113,7 +113,7 @@ def test_baselines_spend_the_same_budget(tokenized, tmp_path, strategy, rounds):
 
 
 def test_mix_follows_the_weights_with_whole_held_in_documents(tokenized, tmp_path):
-    cfg = clone_run(tokenized, tmp_path / "run", "cluster=debug", "pipeline.stages=[ingest,tokenize,mix]",
+    cfg = clone_run(tokenized, tmp_path / "run", "cluster=debug", "pipeline.stages=[ingest,refine,tokenize,mix]",
                     "mix.weights={0: 0.6, 2: 0.4, 5: 0.0}", "mix.tokens=40000")
     run_pipeline(cfg)
     rd = RunDir(cfg.run_dir)
@@ -138,7 +138,7 @@ def test_mix_follows_the_weights_with_whole_held_in_documents(tokenized, tmp_pat
         assert (np.asarray(tokens[row["offset"]: row["offset"] + row["n_tokens"] + 1]) == want).all()
     assert len(set(index.column("cluster").to_pylist()[:20])) == 2  # interleaved, not blocked by cluster
     # deterministic: the same config gives the same bytes
-    cfg2 = clone_run(tokenized, tmp_path / "run2", "cluster=debug", "pipeline.stages=[ingest,tokenize,mix]",
+    cfg2 = clone_run(tokenized, tmp_path / "run2", "cluster=debug", "pipeline.stages=[ingest,refine,tokenize,mix]",
                      "mix.weights={0: 0.6, 2: 0.4, 5: 0.0}", "mix.tokens=40000")
     run_pipeline(cfg2)
     assert (Path(cfg2.run_dir) / "mix" / "tokens.bin").read_bytes() == (Path(cfg.run_dir) / "mix" / "tokens.bin").read_bytes()

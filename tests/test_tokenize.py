@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,10 +18,11 @@ from climb_hpc.corpus import iter_doc_shards
 from climb_hpc.corpus.tokenize import cluster_ids, load_cluster, summary_path, tokenizer_dir
 from climb_hpc.corpus.tokenizer import token_dtype
 from climb_hpc.pipeline import run_pipeline
-from climb_hpc.rundir import RunDir, atomic_write_json, read_json
-from tests.conftest import make_cfg
+from climb_hpc.rundir import RunDir, read_json
+from tests.conftest import make_cfg, plant_refine
 
-SMALL = ("corpus.builtin.docs_per_domain=10", "pipeline.stages=[ingest,tokenize]", "tokenize.vocab_size=600",
+SMALL = ("corpus.builtin.docs_per_domain=10", "pipeline.stages=[ingest,refine,tokenize]", "clusters.refine.from_field=source",
+         "tokenize.vocab_size=600",
          "tokenize.train_sample_docs=40", "tokenize.batch_size=4")
 
 
@@ -36,10 +36,7 @@ def _tokenized_run(run: Path, *extra: str) -> Path:
     docs = _docs(run)
     sources = sorted({d["source"] for d in docs})
     clusters = [-1 if i % 7 == 3 else sources.index(d["source"]) for i, d in enumerate(docs)]
-    (run / "refine").mkdir()
-    pq.write_table(pa.table({"id": [d["id"] for d in docs], "cluster": pa.array(clusters, pa.int64())}),
-                   run / "refine" / "doc_clusters.parquet")
-    atomic_write_json(run / "refine" / "clusters.json", {"clusters": sorted(set(clusters) - {-1})})
+    plant_refine(run, [d["id"] for d in docs], clusters)
     run_pipeline(cfg)
     return run
 

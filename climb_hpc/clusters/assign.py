@@ -9,7 +9,7 @@ Outputs under ``<run_dir>/assign/``::
     summary.json             n_docs, k, cluster size min / median / max, empty clusters, mean distance
 
 Both arrays use the embed layout's shard and chunk rows and are created once by the controller
-(``num_tasks``); a task writes exactly the rows of its embed task — whole shards nobody else writes
+(``prepare``); a task writes exactly the rows of its embed task — whole shards nobody else writes
 (the rule of ``climb_hpc/embed/store.py``), deleting its shard files first so a killed attempt's damaged
 file is never read back.
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,12 +32,11 @@ from omegaconf import DictConfig
 from climb_hpc.clusters import import_faiss
 from climb_hpc.clusters.kmeans import clusters_cfg, load_centroids, task_threads
 from climb_hpc.embed import load_layout, open_embeddings
+from climb_hpc.estimate import Inputs, Ledger, Work
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import zarr
 
     from climb_hpc.rundir import RunDir
@@ -44,16 +45,45 @@ NAME = "assign"
 ARRAYS = {"assignments": "int32", "distances": "float32"}
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What assign writes under ``<run_dir>/assign/``."""
+
+    dir: Path
+
+    @property
+    def assignments(self) -> Path:
+        return self.array("assignments")
+
+    @property
+    def distances(self) -> Path:
+        return self.array("distances")
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    def array(self, name: str) -> Path:
+        return self.dir / f"{name}.zarr"
+
+    def stats(self, task: int) -> Path:
+        return self.dir / "stats" / f"task_{task:05d}.json"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
+
+
 def array_path(rd: RunDir, name: str) -> Path:
-    return rd.stage_dir(NAME) / f"{name}.zarr"
+    return outputs(rd).array(name)
 
 
 def stats_path(rd: RunDir, task: int) -> Path:
-    return rd.stage_dir(NAME) / "stats" / f"task_{task:05d}.json"
+    return outputs(rd).stats(task)
 
 
 def summary_path(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME) / "summary.json"
+    return outputs(rd).summary
 
 
 def open_assignments(rd: RunDir) -> tuple[np.ndarray, np.ndarray]:
@@ -124,12 +154,16 @@ def nearest(x: np.ndarray, centroids: np.ndarray, batch_rows: int = 65536) -> tu
 # ---------------------------------------------------------------- the stage
 
 
-def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
-    """One task per embed task; create both arrays once, sharded like the embeddings."""
+def prepare(cfg: DictConfig, rd: RunDir) -> None:
+    """Create both arrays once, sharded like the embeddings (an existing one is checked)."""
     layout = load_layout(rd)
     for name, dtype in ARRAYS.items():
         ensure_rows_array(array_path(rd, name), layout["n_docs"], layout["rows_per_shard"], layout["chunk_rows"], dtype)
-    return len(layout["tasks"])
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    """One task per embed task."""
+    return len(load_layout(rd)["tasks"])
 
 
 def resources(cfg: DictConfig) -> Resources:
@@ -168,7 +202,7 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     bad = int(((labels < 0) | (labels >= k)).sum()) + int((~np.isfinite(dist)).sum())
     if bad:
         raise RuntimeError(f"assign: {bad} rows lack a cluster or a distance; rerun the stage "
-                           f"(rm -r {rd.path / '_done' / NAME})")
+                           f"(rm -r {rd.marker_dir(NAME)})")
     sizes = np.bincount(labels, minlength=k)
     summary = {"n_docs": int(len(labels)), "k": k, "tasks": len(layout["tasks"]),
                "size_min": int(sizes.min()), "size_median": float(np.median(sizes)), "size_max": int(sizes.max()),
@@ -177,4 +211,18 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     print(f"assign: {summary}", flush=True)
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Every doc against every centroid (2 x K x dim FLOP a doc), one task an embed task."""
+    from climb_hpc.clusters.kmeans import estimate_k
+    from climb_hpc.embed.stage import encoder_size, estimate_tasks
+
+    _, dim = encoder_size(cfg, led)
+    _, k = estimate_k(cfg, x, led)
+    return Work("nearest centroid", [estimate_tasks(cfg, x, led)], flop=2.0 * x.docs * k * dim)
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, prepare=prepare, finalize=finalize,
+              reads=lambda cfg: ("embed", "kmeans"), outputs=outputs, estimate=estimate)

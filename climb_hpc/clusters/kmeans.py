@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,12 +25,11 @@ from omegaconf import DictConfig
 
 from climb_hpc.clusters import import_faiss
 from climb_hpc.embed import load_layout, open_embeddings
+from climb_hpc.estimate import Inputs, Ledger, Work
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage, stage_resources
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from climb_hpc.rundir import RunDir
 
 NAME = "kmeans"
@@ -114,12 +115,31 @@ def fit(x: np.ndarray, k: int, *, niter: int, nredo: int, seed: int, gpu: bool,
 # ---------------------------------------------------------------- paths
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What kmeans writes under ``<run_dir>/kmeans/``."""
+
+    dir: Path
+
+    @property
+    def centroids(self) -> Path:
+        return self.dir / "centroids.npy"  # float32 [K, dim]
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
+
+
 def centroids_path(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME) / "centroids.npy"
+    return outputs(rd).centroids
 
 
 def summary_path(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME) / "summary.json"
+    return outputs(rd).summary
 
 
 def load_centroids(rd: RunDir) -> np.ndarray:
@@ -188,4 +208,28 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
                            f"{s.get('dim')}), or holds non-finite values; rerun the stage")
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate_k(cfg: DictConfig, x: Inputs, led: Ledger) -> tuple[int, int]:
+    """(docs k-means fits on, K) for the plan's corpus, as :func:`run` chooses them."""
+    k = clusters_cfg(cfg, NAME)
+    n = int(led.use("k-means sample", int(min(int(k.sample_size), x.docs)), "min(clusters.kmeans.sample_size, docs)"))
+    kk = led.use("K", choose_k(n, int(k.k_init), int(k.min_points_per_centroid)),
+                 "clusters.kmeans.k_init (capped at sample / min_points_per_centroid)")
+    return n, int(kk)
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Lloyd iterations: 2 x n x K x dim FLOP each, ``niter`` x ``nredo`` of them; the sample and the centroids
+    in float32 in memory."""
+    from climb_hpc.embed.stage import encoder_size
+
+    _, dim = encoder_size(cfg, led)
+    n, k = estimate_k(cfg, x, led)
+    km = clusters_cfg(cfg, NAME)
+    return Work("k-means", [1], flop=2.0 * n * k * dim * int(km.niter) * int(km.nredo), mem_gb=4 * (n + k) * dim / 1e9)
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize,
+              reads=lambda cfg: ("embed",), outputs=outputs, estimate=estimate)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from omegaconf import DictConfig
 from climb_hpc.clusters.raters import AXES, MAX_SCORE, load_rater
 from climb_hpc.config import section
 from climb_hpc.embed import store as embed_store
+from climb_hpc.estimate import Inputs, Ledger, Work, rate
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 
@@ -48,24 +50,50 @@ LAYOUT_VERSION = 1
 # ---------------------------------------------------------------- paths
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What quality writes under ``<run_dir>/quality/`` (the layout above)."""
+
+    dir: Path
+
+    @property
+    def store(self) -> Path:
+        return self.dir / "quality.zarr"
+
+    @property
+    def layout(self) -> Path:
+        return self.dir / "layout.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    def stats(self, task: int) -> Path:
+        return self.dir / "stats" / f"task_{task:05d}.json"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
+
+
 def quality_dir(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME)
+    return outputs(rd).dir
 
 
 def store_path(rd: RunDir) -> Path:
-    return quality_dir(rd) / "quality.zarr"
+    return outputs(rd).store
 
 
 def layout_path(rd: RunDir) -> Path:
-    return quality_dir(rd) / "layout.json"
+    return outputs(rd).layout
 
 
 def stats_path(rd: RunDir, task: int) -> Path:
-    return quality_dir(rd) / "stats" / f"task_{task:05d}.json"
+    return outputs(rd).stats(task)
 
 
 def summary_path(rd: RunDir) -> Path:
-    return quality_dir(rd) / "summary.json"
+    return outputs(rd).summary
 
 
 def open_quality(rd: RunDir) -> zarr.Array:
@@ -150,8 +178,9 @@ def write_rows(path: Path, layout: dict[str, Any], a: int, b: int, values: np.nd
 # ---------------------------------------------------------------- controller side
 
 
-def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
-    """One task per embed task (same rows); writes layout.json and creates the array once."""
+def prepare(cfg: DictConfig, rd: RunDir) -> None:
+    """One task per embed task (same rows): writes layout.json and creates the array, once; a stored layout
+    planned with other raters or another corpus is refused."""
     spec = rater_spec(cfg)
     rater = load_rater(spec).describe()  # fails here, in the controller, on a bad raters folder
     layout = make_layout(embed_store.load_layout(rd), rater)
@@ -160,11 +189,19 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
         raise RuntimeError(
             f"{layout_path(rd)} was planned differently ({', '.join(embed_store.layout_diff(stored, layout))} "
             f"differ): the corpus or the raters changed. Use a new run folder, or remove {quality_dir(rd)} "
-            f"and {rd.path / '_done' / NAME} to rate again.")
+            f"and {rd.marker_dir(NAME)} to rate again.")
+    quality_dir(rd).mkdir(parents=True, exist_ok=True)
     ensure_array(store_path(rd), layout)
     if stored is None:
         atomic_write_json(layout_path(rd), layout)
-    return len(layout["tasks"])
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    return len(load_layout(rd)["tasks"])
+
+
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    return ("ingest", "embed")  # the docs, in the rows and tasks of the embed layout
 
 
 def resources(cfg: DictConfig) -> Resources:
@@ -241,4 +278,16 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     print("quality: " + json.dumps({k: summary[k] for k in ("n_docs", "mean", "docs_per_s")}), flush=True)
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """The raters over every doc, one task an embed task, one Python thread each."""
+    from climb_hpc.embed.stage import estimate_tasks
+
+    return Work("text (CPU)", [estimate_tasks(cfg, x, led)],
+                core_s=x.tokens / rate(cfg, x, "quality_tokens_s", led, "tokens/s a core"))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, prepare=prepare, finalize=finalize,
+              reads=reads, outputs=outputs, estimate=estimate)

@@ -40,6 +40,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -50,12 +52,11 @@ from omegaconf import DictConfig, OmegaConf
 from climb_hpc.clusters.assign import open_assignments
 from climb_hpc.clusters.kmeans import clusters_cfg, load_centroids
 from climb_hpc.embed import load_id_to_row, load_layout
+from climb_hpc.estimate import Inputs, Ledger, Work, rate
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from climb_hpc.rundir import RunDir
 
 NAME = "refine"
@@ -65,16 +66,37 @@ DOC_SCHEMA = pa.schema([("id", pa.string()), ("cluster", pa.int32())])
 NO_SCORES = "skipped: no quality scores"
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What refine writes under ``<run_dir>/refine/`` (described above)."""
+
+    dir: Path
+
+    @property
+    def clusters(self) -> Path:
+        return self.dir / "clusters.json"
+
+    @property
+    def doc_clusters(self) -> Path:
+        return self.dir / "doc_clusters.parquet"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
+
+
 def quality_path(rd: RunDir) -> Path:
-    return rd.path / "quality" / "quality.zarr"
+    from climb_hpc.clusters.quality import store_path
+
+    return store_path(rd)
 
 
 def clusters_path(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME) / "clusters.json"
+    return outputs(rd).clusters
 
 
 def doc_clusters_path(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME) / "doc_clusters.parquet"
+    return outputs(rd).doc_clusters
 
 
 # ---------------------------------------------------------------- pure logic (tested on hand-built data)
@@ -228,11 +250,40 @@ def resources(cfg: DictConfig) -> Resources:
     return Resources.from_config(clusters_cfg(cfg, NAME))
 
 
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    if clusters_cfg(cfg, NAME).from_field:
+        return ("ingest",)
+    quality = ("quality",) if "quality" in cfg.pipeline.stages else ()  # without it, pruning is skipped
+    return ("embed", *quality, "kmeans", "assign")
+
+
+def run_from_field(rd: RunDir, field: str) -> None:
+    """The clusters are the values of a document field (``clusters.refine.from_field``): nothing is pruned."""
+    from climb_hpc.clusters.labels import clusters_from_field
+
+    t0 = time.perf_counter()
+    ids, cluster, labels = clusters_from_field(rd, field)
+    sizes = np.bincount(cluster, minlength=len(labels))
+    write_doc_clusters(doc_clusters_path(rd), ids, cluster)
+    info = {"pruning": f"none: clusters are the values of the docs' {field!r} field", "from_field": field,
+            "n_docs": len(cluster), "kept_docs": len(cluster), "pruned_docs": 0, "initial_clusters": len(labels),
+            "kept_initial_clusters": len(labels), "final_clusters": len(labels),
+            "clusters": [{"id": i, "label": v, "members": [i], "size": int(sizes[i]), "mean_scores": {}}
+                         for i, v in enumerate(labels)],
+            "seconds": round(time.perf_counter() - t0, 4)}
+    atomic_write_json(clusters_path(rd), info)
+    print(f"refine: {len(labels)} clusters from the docs' {field!r} field ({', '.join(map(str, labels[:10]))})",
+          flush=True)
+
+
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     if task != 0:
         raise IndexError(f"refine has 1 task; there is no task {task}")
     t0 = time.perf_counter()
     r = clusters_cfg(cfg, NAME)
+    if r.from_field:
+        run_from_field(rd, str(r.from_field))
+        return
     layout = load_layout(rd)
     centroids = load_centroids(rd)
     labels, _ = open_assignments(rd)
@@ -269,11 +320,25 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 
 def finalize(cfg: DictConfig, rd: RunDir) -> None:
     """Docs in = kept + pruned, and doc_clusters.parquet covers every row in order."""
+    from climb_hpc.corpus import ingest
+
     info = read_json(clusters_path(rd))
     meta = pq.read_metadata(doc_clusters_path(rd))
-    n = load_layout(rd)["n_docs"]
+    if info is not None and info.get("from_field"):
+        n = read_json(ingest.summary_path(rd))["docs_written"]
+    else:
+        n = load_layout(rd)["n_docs"]
     if info is None or info["kept_docs"] + info["pruned_docs"] != n or meta.num_rows != n:
         raise RuntimeError(f"refine: outputs do not cover the {n} docs; rerun the stage")
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """One task reads every doc's quality and cluster and writes doc_clusters.parquet."""
+    return Work("rows (CPU)", [1], core_s=x.docs / rate(cfg, x, "refine_docs_s", led, "docs/s a core"))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize, reads=reads,
+              outputs=outputs, estimate=estimate)

@@ -2,7 +2,7 @@
 
 Layout under ``<run_dir>/ingest/``::
 
-    plan.json                        the tasks (written once by num_tasks, reused on resume)
+    plan.json                        the tasks (written once by prepare, reused on resume)
     builtin/<domain>.jsonl           the built-in corpus, when ``corpus.paths`` is empty
     docs/shard_{task:05d}.parquet    id: string, text: string, source: string (null), n_chars: int64
     quarantine/shard_{task:05d}.jsonl  one JSON object per rejected record (file, line|row, reason, ...)
@@ -77,6 +77,7 @@ from omegaconf import DictConfig
 from climb_hpc.corpus.builtin import write_builtin_corpus
 from climb_hpc.corpus.readers import DamagedFile, check_unchanged, discover_inputs, iter_records, plan_file
 from climb_hpc.errors import ConfigError, InputError
+from climb_hpc.estimate import Inputs, Ledger, Work, rate
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 from climb_hpc.validate import CHOICES
@@ -119,24 +120,60 @@ class Fields:
 # ---------------------------------------------------------------- paths
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What ingest writes under ``<run_dir>/ingest/`` (the layout in the module docstring)."""
+
+    dir: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.dir / "plan.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def builtin(self) -> Path:
+        return self.dir / "builtin"
+
+    @property
+    def docs(self) -> Path:
+        return self.dir / "docs"
+
+    def shard(self, task: int) -> Path:
+        return self.docs / f"shard_{task:05d}.parquet"
+
+    def quarantine(self, task: int) -> Path:
+        return self.dir / "quarantine" / f"shard_{task:05d}.jsonl"
+
+    def stats(self, task: int) -> Path:
+        return self.dir / "stats" / f"shard_{task:05d}.json"
+
+
+def outputs(run_dir: RunDir) -> Outputs:
+    return Outputs(run_dir.path / NAME)
+
+
 def shard_path(run_dir: RunDir, task: int) -> Path:
-    return run_dir.stage_dir(NAME) / "docs" / f"shard_{task:05d}.parquet"
+    return outputs(run_dir).shard(task)
 
 
 def quarantine_path(run_dir: RunDir, task: int) -> Path:
-    return run_dir.stage_dir(NAME) / "quarantine" / f"shard_{task:05d}.jsonl"
+    return outputs(run_dir).quarantine(task)
 
 
 def stats_path(run_dir: RunDir, task: int) -> Path:
-    return run_dir.stage_dir(NAME) / "stats" / f"shard_{task:05d}.json"
+    return outputs(run_dir).stats(task)
 
 
 def plan_path(run_dir: RunDir) -> Path:
-    return run_dir.stage_dir(NAME) / "plan.json"
+    return outputs(run_dir).plan
 
 
 def summary_path(run_dir: RunDir) -> Path:
-    return run_dir.stage_dir(NAME) / "summary.json"
+    return outputs(run_dir).summary
 
 
 # ---------------------------------------------------------------- config
@@ -212,8 +249,9 @@ def load_plan(run_dir: RunDir) -> dict[str, Any]:
     return plan
 
 
-def num_tasks(cfg: DictConfig, run_dir: RunDir) -> int:
-    """Plan the tasks (once: a stored plan is reused, so a resumed run sees the same tasks)."""
+def prepare(cfg: DictConfig, run_dir: RunDir) -> None:
+    """Plan the tasks once (the built-in corpus is written here when ``corpus.paths`` is empty). A stored
+    plan is reused when the settings match, so a resumed run sees the same tasks; otherwise refused."""
     settings = _plan_settings(cfg)
     _fields(cfg.corpus)  # config errors before any task runs
     damaged_files = _task_options(cfg.corpus)["damaged_files"]
@@ -224,10 +262,12 @@ def num_tasks(cfg: DictConfig, run_dir: RunDir) -> int:
                 f"{plan_path(run_dir)} was planned with corpus settings {stored.get('settings')}, but the "
                 f"config now says {settings}. Use a new run folder for a different corpus."
             )
-        return len(stored["tasks"])
-    plan = make_plan(settings, run_dir, damaged_files)
-    atomic_write_json(plan_path(run_dir), plan)
-    return len(plan["tasks"])
+        return
+    atomic_write_json(plan_path(run_dir), make_plan(settings, run_dir, damaged_files))
+
+
+def num_tasks(cfg: DictConfig, run_dir: RunDir) -> int:
+    return len(load_plan(run_dir)["tasks"])
 
 
 def make_plan(settings: dict[str, Any], run_dir: RunDir, damaged_files: str = "fail") -> dict[str, Any]:
@@ -236,7 +276,7 @@ def make_plan(settings: dict[str, Any], run_dir: RunDir, damaged_files: str = "f
     paths = settings["paths"]
     if not paths:
         b = settings["builtin"]
-        out = run_dir.stage_dir(NAME) / "builtin"
+        out = outputs(run_dir).builtin
         write_builtin_corpus(out, b["docs_per_domain"], b["seed"])
         paths = [str(out)]
     chunk_bytes = max(1, int(settings["chunk_mb"] * (1 << 20)))
@@ -559,7 +599,7 @@ def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
             "generated ids (file + line)"
         )
     damaged = [s["damaged"] for s in all_stats if s.get("damaged")]
-    base = run_dir.stage_dir(NAME)
+    base = outputs(run_dir).dir
     summary = {
         **{k: totals[k] for k in ("docs_in", "docs_written", "docs_quarantined", "chars_written")},
         "tasks": len(all_stats),
@@ -639,4 +679,27 @@ def resources(cfg: DictConfig) -> Resources:
     return Resources(cpus=1, mem_gb=4, time_min=60)
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate_tasks(cfg: DictConfig, x: Inputs, led: Ledger) -> int:
+    """Ingest's tasks for the plan's corpus (tokenize has as many: one a shard): one a ``corpus.chunk_mb`` of plain
+    JSONL; the built-in corpus is one file a domain, each smaller than a chunk."""
+    if x.builtin:
+        from climb_hpc.corpus.builtin import DOMAINS
+
+        return int(led.use("ingest tasks", len(DOMAINS), "the built-in corpus: one file a domain"))
+    bpt = led.use("bytes a token", float(cfg.plan.bytes_per_token), "plan.bytes_per_token")
+    mb = led.use("ingest chunk", _number(cfg.corpus, "chunk_mb", 64, float),
+                 "corpus.chunk_mb (plain JSONL; a compressed file is one task)", "MB")
+    return max(1, math.ceil(x.tokens * bpt / (mb * 2**20)))
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Reading, checking and writing the corpus as Parquet: one Python thread a task, at a core's rate."""
+    return Work("text (CPU)", [estimate_tasks(cfg, x, led)],
+                core_s=x.tokens / rate(cfg, x, "ingest_tokens_s", led, "tokens/s a core"))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, prepare=prepare, finalize=finalize,
+              outputs=outputs, estimate=estimate)

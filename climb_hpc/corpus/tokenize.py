@@ -12,7 +12,7 @@ doc shards concatenated). Layout under ``<run_dir>/tokenize/``::
                                       followed by the EOS id at offset + n_tokens
     summary.json                      dtype, vocab size, eos id, tokens and docs per cluster, tokens/s
 
-The controller (``num_tasks``) makes the tokenizer once: ``tokenize.tokenizer: null`` trains a
+The controller (``prepare``) makes the tokenizer once: ``tokenize.tokenizer: null`` trains a
 byte-level BPE (``tokenize.vocab_size``, ``min_frequency``) on a seeded sample of
 ``train_sample_docs`` kept documents; a path copies that HF tokenizer (``local_files_only``). Tokens
 are ``uint16`` when the vocabulary fits (<= 65536 ids), else ``uint32``. One task per ingest shard;
@@ -27,6 +27,7 @@ import json
 import shutil
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +38,9 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from climb_hpc.config import section
-from climb_hpc.corpus import doc_shard_paths
+from climb_hpc.corpus import doc_shard_paths, ingest
 from climb_hpc.corpus import tokenizer as tk
+from climb_hpc.estimate import Inputs, Ledger, Work, rate
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 
@@ -55,36 +57,70 @@ CLUSTER_INDEX_SCHEMA = pa.schema([("id", pa.string()), ("row", pa.int64()), ("of
 # ---------------------------------------------------------------- paths
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What tokenize writes under ``<run_dir>/tokenize/`` (the layout above)."""
+
+    dir: Path
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.dir / "tokenizer"
+
+    @property
+    def plan(self) -> Path:
+        return self.dir / "plan.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    def part(self, task: int) -> Path:
+        return self.dir / "parts" / f"task_{task:05d}"
+
+    def cluster_bin(self, c: int) -> Path:
+        return self.dir / f"cluster_{c:05d}.bin"
+
+    def cluster_index(self, c: int) -> Path:
+        return self.dir / f"cluster_{c:05d}.idx.parquet"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
+
+
 def tok_dir(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME)
+    return outputs(rd).dir
 
 
 def tokenizer_dir(rd: RunDir) -> Path:
-    return tok_dir(rd) / "tokenizer"
+    return outputs(rd).tokenizer
 
 
 def plan_path(rd: RunDir) -> Path:
-    return tok_dir(rd) / "plan.json"
+    return outputs(rd).plan
 
 
 def part_dir(rd: RunDir, task: int) -> Path:
-    return tok_dir(rd) / "parts" / f"task_{task:05d}"
+    return outputs(rd).part(task)
 
 
 def cluster_bin(rd: RunDir, c: int) -> Path:
-    return tok_dir(rd) / f"cluster_{c:05d}.bin"
+    return outputs(rd).cluster_bin(c)
 
 
 def cluster_index(rd: RunDir, c: int) -> Path:
-    return tok_dir(rd) / f"cluster_{c:05d}.idx.parquet"
+    return outputs(rd).cluster_index(c)
 
 
 def summary_path(rd: RunDir) -> Path:
-    return tok_dir(rd) / "summary.json"
+    return outputs(rd).summary
 
 
 def doc_clusters_path(rd: RunDir) -> Path:
-    return rd.path / "refine" / "doc_clusters.parquet"
+    from climb_hpc.clusters.refine import doc_clusters_path
+
+    return doc_clusters_path(rd)
 
 
 # ---------------------------------------------------------------- reading back
@@ -138,7 +174,7 @@ def _sample_texts(rd: RunDir, clusters: np.ndarray, shards: list[dict[str, Any]]
     kept = np.flatnonzero(clusters >= 0)
     rng = np.random.default_rng([seed, zlib.crc32(NAME.encode())])
     rows = np.sort(rng.choice(kept, size=min(k, len(kept)), replace=False)) if len(kept) else kept
-    docs = rd.stage_dir("ingest") / "docs"
+    docs = ingest.outputs(rd).docs
     texts: list[str] = []
     for s in shards:
         local = rows[(rows >= s["offset"]) & (rows < s["offset"] + s["rows"])] - s["offset"]
@@ -164,7 +200,7 @@ def _make_tokenizer(rd: RunDir, settings: dict[str, Any], clusters: np.ndarray, 
     return {**source, **tk.describe(tokenizer_dir(rd))}
 
 
-def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+def prepare(cfg: DictConfig, rd: RunDir) -> None:
     """Make the tokenizer and plan one task per ingest shard, once (a stored plan is checked, not redone)."""
     settings = _settings(cfg)
     shards = _shard_rows(rd)
@@ -176,14 +212,17 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
     if stored is not None:
         if stored["settings"] != settings or stored["tasks"] != shards:
             raise RuntimeError(f"{plan_path(rd)} was planned with other settings or another corpus; use a new run "
-                               f"folder, or remove {tok_dir(rd)} and {rd.path / '_done' / NAME}")
-        return len(stored["tasks"])
+                               f"folder, or remove {tok_dir(rd)} and {rd.marker_dir(NAME)}")
+        return
     clusters = table.column("cluster").to_numpy()
     tokenizer = _make_tokenizer(rd, settings, clusters, shards)
     plan = {"version": PLAN_VERSION, "settings": settings, "tokenizer": tokenizer, "n_docs": n,
             "n_kept": int((clusters >= 0).sum()), "tasks": shards}
     atomic_write_json(plan_path(rd), plan)
-    return len(shards)
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    return len(load_plan(rd)["tasks"])
 
 
 def resources(cfg: DictConfig) -> Resources:
@@ -204,7 +243,7 @@ def tokenize_shard(rd: RunDir, plan: dict[str, Any], task: int, out: Path, batch
     """Tokenize the kept docs of ingest shard ``task`` into ``out`` (a fresh folder); returns counts."""
     spec = plan["tasks"][task]
     a, b = spec["offset"], spec["offset"] + spec["rows"]
-    docs = pq.read_table(rd.stage_dir("ingest") / "docs" / spec["shard"], columns=["id", "text"])
+    docs = pq.read_table(ingest.outputs(rd).docs / spec["shard"], columns=["id", "text"])
     labels = _clusters(rd).slice(a, b - a)
     if docs.column("id").to_pylist() != labels.column("id").to_pylist():
         raise RuntimeError(f"tokenize task {task}: ids of {spec['shard']} differ from {doc_clusters_path(rd)} rows "
@@ -315,4 +354,14 @@ def cluster_ids(rd: RunDir) -> list[int]:
     return sorted(int(c) for c in (read_json(summary_path(rd)) or {}).get("clusters", {}))
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """BPE encoding of every doc, one task an ingest shard, on the task's cores."""
+    return Work("text (CPU)", [ingest.estimate_tasks(cfg, x, led)], threaded=True,
+                core_s=x.tokens / rate(cfg, x, "tokenize_tokens_s", led, "tokens/s a core"))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, prepare=prepare, finalize=finalize,
+              reads=lambda cfg: ("ingest", "refine"), outputs=outputs, estimate=estimate)

@@ -2,7 +2,7 @@
 
     encoder.py  the encoder (HF AutoModel + mean pooling, or sentence-transformers), length bucketing
     store.py    embed/embeddings.zarr: row layout, creation (controller), whole-shard writes (tasks)
-    stage.py    num_tasks / run / finalize
+    stage.py    prepare / num_tasks / run / finalize
 
 Later stages read the output with :func:`open_embeddings` (rows in corpus order) and
 :func:`load_id_to_row` (id -> row). This module imports neither torch nor transformers.

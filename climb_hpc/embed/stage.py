@@ -4,7 +4,7 @@
 Layout under ``<run_dir>/embed/``::
 
     layout.json                  rows: n_docs, dim, shard/chunk rows, ingest shard offsets, task -> rows
-                                 (written once by num_tasks in the controller, checked on resume)
+                                 (written once by prepare in the controller, checked on resume)
     embeddings.zarr/             Zarr v3, sharding codec, created once by the controller
     ids/task_{t:05d}.parquet     (id, row) of the task's rows
     stats/task_{t:05d}.json      docs, tokens, seconds, docs/s, tokens/s, padding, encoder
@@ -37,6 +37,7 @@ from climb_hpc.config import section
 from climb_hpc.corpus import doc_shard_paths
 from climb_hpc.embed import store
 from climb_hpc.embed.store import NAME
+from climb_hpc.estimate import Inputs, Ledger, Work, safetensors_params
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage, stage_resources
 
@@ -79,8 +80,9 @@ def _layout_encoder(cfg: DictConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------- controller side
 
 
-def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
-    """Plan the rows (from Parquet metadata only), write layout.json and create the array, once."""
+def prepare(cfg: DictConfig, rd: RunDir) -> None:
+    """Plan the rows (from Parquet metadata only), write layout.json and create the array, once; a stored
+    layout planned with other settings is refused."""
     from climb_hpc.embed.encoder import model_dim
 
     e = _e(cfg)
@@ -95,12 +97,20 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
         raise RuntimeError(
             f"{store.layout_path(rd)} was planned differently ({', '.join(store.layout_diff(stored, layout))} "
             "differ): the corpus or the embed settings changed. Use a new run folder, or remove "
-            f"{store.embed_dir(rd)} and {rd.path / '_done' / NAME} to re-embed."
+            f"{store.embed_dir(rd)} and {rd.marker_dir(NAME)} to re-embed."
         )
+    store.embed_dir(rd).mkdir(parents=True, exist_ok=True)
     store.ensure_array(store.store_path(rd), layout)
     if stored is None:
         atomic_write_json(store.layout_path(rd), layout)
-    return len(layout["tasks"])
+
+
+def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    return len(store.load_layout(rd)["tasks"])
+
+
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    return ("ingest",)
 
 
 def resources(cfg: DictConfig) -> Resources:
@@ -172,7 +182,7 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     missing = [str(f.relative_to(path)) for f in store.shard_files(path, arr, 0, layout["n_docs"]) if not f.exists()]
     if missing:
         raise RuntimeError(f"embed: {len(missing)} Zarr shard(s) missing from {path}, e.g. {missing[:3]}; "
-                           f"rerun their tasks (rm the markers in {rd.path / '_done' / NAME})")
+                           f"rerun their tasks (rm the markers in {rd.marker_dir(NAME)})")
     totals = {"docs": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "forward_seconds": 0.0, "task_seconds": 0.0}
     devices: set[str] = set()
     with atomic_path(store.id_to_row_path(rd)) as tmp, pq.ParquetWriter(tmp, store.IDS_SCHEMA) as out:
@@ -204,4 +214,57 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
           flush=True)
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def encoder_size(cfg: DictConfig, led: Ledger) -> tuple[float, int]:
+    """(matmul parameters, output width) of ``embed.model``: from its files when readable here, else
+    ``plan.models.encoder``."""
+    from pathlib import Path
+
+    from climb_hpc.embed.encoder import model_dim, resolve_model
+
+    e = _e(cfg)
+    try:
+        path = Path(resolve_model(str(e.model)))
+    except RuntimeError:
+        path = Path(str(e.model))
+    params = safetensors_params(path) if path.is_dir() else None
+    fb = cfg.plan.models.encoder
+    if params:
+        led.use("encoder params", params, f"{path}/*.safetensors, embeddings excluded")
+    else:
+        params = led.use("encoder params", float(fb.params),
+                         f"plan.models.encoder.params (embed.model={e.model} has no safetensors here)")
+    dim = e.get("dim")
+    if dim:
+        led.use("embedding dim", int(dim), "embed.dim")
+    else:
+        try:
+            dim = led.use("embedding dim", model_dim(str(path), backend=str(e.get("backend") or "transformers"),
+                                                     projection=e.get("projection")), f"{path} config")
+        except (OSError, ValueError):
+            dim = led.use("embedding dim", int(fb.dim), f"plan.models.encoder.dim (embed.model={e.model} not readable here)")
+    return float(params), int(dim)
+
+
+def estimate_tasks(cfg: DictConfig, x: Inputs, led: Ledger) -> int:
+    """Embed's tasks for the plan's corpus, as ``store.make_layout`` cuts them (quality and assign have as many)."""
+    import math
+
+    e = _e(cfg)
+    rows = led.use("docs an embed task", int(e.rows_per_shard) * int(e.shards_per_task),
+                   "embed.rows_per_shard x embed.shards_per_task")
+    return max(1, math.ceil(x.docs / rows))
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """The encoder's forward pass: 2 FLOP a parameter a token it sees (a doc is cut at ``embed.max_length``)."""
+    params, _ = encoder_size(cfg, led)
+    per_doc = led.use("tokens an encoder sees a doc", min(x.tokens_per_doc, int(_e(cfg).max_length)),
+                      "min(tokens a doc, embed.max_length): longer docs are truncated")
+    return Work("encoder inference", [estimate_tasks(cfg, x, led)], flop=2 * params * x.docs * per_doc, model=True)
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, resources=resources, prepare=prepare, finalize=finalize,
+              reads=reads, outputs=store.outputs, estimate=estimate)

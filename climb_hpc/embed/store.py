@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,32 +43,65 @@ IDS_SCHEMA = pa.schema([("id", pa.string()), ("row", pa.int64())])
 # ---------------------------------------------------------------- paths
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What embed writes under ``<run_dir>/embed/``."""
+
+    dir: Path
+
+    @property
+    def store(self) -> Path:
+        return self.dir / "embeddings.zarr"
+
+    @property
+    def layout(self) -> Path:
+        return self.dir / "layout.json"
+
+    @property
+    def id_to_row(self) -> Path:
+        return self.dir / "id_to_row.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    def ids(self, task: int) -> Path:
+        return self.dir / "ids" / f"task_{task:05d}.parquet"
+
+    def stats(self, task: int) -> Path:
+        return self.dir / "stats" / f"task_{task:05d}.json"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
+
+
 def embed_dir(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME)
+    return outputs(rd).dir
 
 
 def store_path(rd: RunDir) -> Path:
-    return embed_dir(rd) / "embeddings.zarr"
+    return outputs(rd).store
 
 
 def layout_path(rd: RunDir) -> Path:
-    return embed_dir(rd) / "layout.json"
+    return outputs(rd).layout
 
 
 def ids_path(rd: RunDir, task: int) -> Path:
-    return embed_dir(rd) / "ids" / f"task_{task:05d}.parquet"
+    return outputs(rd).ids(task)
 
 
 def stats_path(rd: RunDir, task: int) -> Path:
-    return embed_dir(rd) / "stats" / f"task_{task:05d}.json"
+    return outputs(rd).stats(task)
 
 
 def id_to_row_path(rd: RunDir) -> Path:
-    return embed_dir(rd) / "id_to_row.parquet"
+    return outputs(rd).id_to_row
 
 
 def summary_path(rd: RunDir) -> Path:
-    return embed_dir(rd) / "summary.json"
+    return outputs(rd).summary
 
 
 # ---------------------------------------------------------------- layout
@@ -172,7 +206,9 @@ def write_rows(path: Path, layout: dict[str, Any], a: int, b: int, values: np.nd
 
 def read_rows(rd: RunDir, layout: dict[str, Any], a: int, b: int, columns: Sequence[str] = ("id", "text")) -> pa.Table:
     """Rows [a, b) of the corpus (they may span ingest shards), reading only the row groups needed."""
-    docs = rd.stage_dir("ingest") / "docs"
+    from climb_hpc.corpus.ingest import outputs as ingest_outputs
+
+    docs = ingest_outputs(rd).docs
     parts = []
     for shard in layout["doc_shards"]:
         lo, hi = shard["offset"], shard["offset"] + shard["rows"]

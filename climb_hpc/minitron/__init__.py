@@ -6,3 +6,21 @@
     correct.py  stage ``correct``: (pretrain a tiny teacher when none is given, then) fine-tune it on the mix
     distill.py  stage ``distill``: KL(teacher || student) (+ LM, + hidden-state cosine) into the student
 """
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PhaseFiles:
+    """A training phase's work folder, as ``engine.py`` writes it (the outputs of correct and distill)."""
+
+    dir: Path
+
+    @property
+    def train_log(self) -> Path:
+        return self.dir / "train_log.jsonl"  # one line a step (rank 0)
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"  # written last: the phase is finished

@@ -14,12 +14,15 @@ dataset at the teacher's peak LR x ``correct.lr_scale`` (paper: peak / 5) with a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc.config import section
+from climb_hpc.estimate import Inputs, Ledger, Work, train_flops, training_mem_gb
+from climb_hpc.minitron import PhaseFiles
 from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
@@ -27,6 +30,27 @@ if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
 
 NAME = "correct"
+
+
+@dataclass(frozen=True)
+class Outputs(PhaseFiles):
+    """What correct writes (the layout above): two model folders in the run folder, its logs under ``correct/``."""
+
+    teacher_base: Path
+    teacher: Path
+
+    @property
+    def pretrain(self) -> Path:
+        return self.dir / "pretrain"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME, rd.path / "teacher_base", rd.path / "teacher")
+
+
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    """The run's tokenizer, and the mixed dataset unless ``correct.data`` names other data."""
+    return ("tokenize",) if _m(cfg).correct.get("data") else ("tokenize", "mix")
 
 
 def _m(cfg: DictConfig) -> DictConfig:
@@ -81,7 +105,7 @@ def pretrain_phase(cfg: DictConfig, rd: RunDir) -> Phase:
     holdout = float(t.get("holdout_fraction") if t.get("holdout_fraction") is not None else cfg.proxy.holdout_fraction)
     seq_len = int(s["seq_len"])
     return Phase(
-        name="teacher-pretrain", section=sec, work=rd.stage_dir(NAME) / "pretrain", model_dir=rd.path / "teacher_base",
+        name="teacher-pretrain", section=sec, work=outputs(rd).pretrain, model_dir=outputs(rd).teacher_base,
         build=lambda: build_model(t.model, info["vocab_size"], info["eos_id"], seq_len, seed),
         data=lambda n: cluster_data(rd, seq_len, n, seed, holdout, int(s["val_tokens"])),
         objective=LMObjective(), seed=seed, tokenizer_dir=tokenizer_dir(rd),
@@ -98,7 +122,7 @@ def correct_phase(cfg: DictConfig, rd: RunDir, teacher: Path) -> Phase:
     scale = float(s["lr_scale"])
     seed = phase_seed(seed_of(cfg), NAME)
     return Phase(
-        name=NAME, section={**s, "lr": peak * scale}, work=rd.stage_dir(NAME), model_dir=rd.path / "teacher",
+        name=NAME, section={**s, "lr": peak * scale}, work=outputs(rd).dir, model_dir=outputs(rd).teacher,
         build=lambda: load_hf(teacher),
         data=lambda n: flat_data(rd, s.get("data"), int(s["seq_len"]), n, seed, int(s["val_tokens"]),
                                  str(s["text_field"])),
@@ -117,9 +141,37 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
         teacher = m.teacher.get("path")
         if not teacher:
             run_phase(pretrain_phase(cfg, rd))
-            teacher = rd.path / "teacher_base"
+            teacher = outputs(rd).teacher_base
         run_phase(correct_phase(cfg, rd, Path(teacher)))
 
 
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Training the teacher on the mix (6N + attention FLOP a token), after pretraining the built-in tiny teacher
+    when no ``teacher.path`` is given; a rank holds its ZeRO share of the AdamW state."""
+    from climb_hpc.minitron.engine import num_steps
+    from climb_hpc.minitron.sizes import teacher
+    from climb_hpc.stage import stage_resources
+
+    m = _m(cfg)
+    t_dims, tiny = teacher(cfg, x.vocab, led)
+    c = m.correct
+    seq = int(c.seq_len)
+    tokens = led.use("correct tokens", num_steps(c) * int(c.global_batch_size) * seq,
+                     "minitron.correct.tokens, rounded up to whole steps")
+    flop = train_flops(t_dims, seq) * tokens
+    if tiny:
+        pre = {"tokens": m.teacher.pretrain_tokens, "global_batch_size": c.global_batch_size, "seq_len": seq}
+        pre_tokens = led.use("teacher pretraining tokens", num_steps(pre) * int(c.global_batch_size) * seq,
+                             "minitron.teacher.pretrain_tokens (teacher.path is null)")
+        flop += train_flops(t_dims, seq) * pre_tokens
+    ranks = stage_resources(cfg, STAGE).world_size
+    return Work("LLM training", [1], flop=flop, model=True,
+                mem_gb=training_mem_gb(t_dims, ranks, int(c.zero_stage)))
+
+
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.correct",
-              resources=lambda cfg: Resources.from_config(_m(cfg).correct), checkpointable=True)
+              resources=lambda cfg: Resources.from_config(_m(cfg).correct), checkpointable=True,
+              reads=reads, outputs=outputs, estimate=estimate)

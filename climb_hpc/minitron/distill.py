@@ -13,6 +13,7 @@ sharded as a ZeRO-3 engine without optimizer (``teacher_zero3``)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from climb_hpc.estimate import Inputs, Ledger, Work, model_dims, train_flops, training_mem_gb
+from climb_hpc.minitron import PhaseFiles
 from climb_hpc.minitron.correct import _m, load_hf, plain, seed_of, tokenizer_info
 from climb_hpc.minitron.engine import Forward, lm_loss
 from climb_hpc.stage import Resources, Stage
@@ -70,9 +73,30 @@ class DistillObjective:
         return {k: (float(v) * n, n) for k, v in self._terms(fwd, seqs).items()}
 
 
+@dataclass(frozen=True)
+class Outputs(PhaseFiles):
+    """What distill writes: the student ``<run>/student/`` (an HF checkpoint), its logs under ``distill/``."""
+
+    student: Path
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME, rd.path / "student")
+
+
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    """The run's tokenizer; the mixed dataset, the corrected teacher and the pruned student unless given."""
+    d = _m(cfg).distill
+    pruned = not d.get("student") and (not d.get("student_config") or "prune" in cfg.pipeline.stages)
+    return ("tokenize", *(() if d.get("data") else ("mix",)), *(() if d.get("teacher") else ("correct",)),
+            *(("prune",) if pruned else ()))
+
+
 def teacher_path(cfg: DictConfig, rd: RunDir) -> Path:
+    from climb_hpc.minitron.correct import outputs as correct_outputs
+
     given = _m(cfg).distill.get("teacher")
-    p = Path(given) if given else rd.path / "teacher"
+    p = Path(given) if given else correct_outputs(rd).teacher
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"distill: no teacher at {p}: run the correct stage or set minitron.distill.teacher")
     return p
@@ -87,7 +111,9 @@ def student_source(cfg: DictConfig, rd: RunDir) -> tuple[str, Any]:
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"minitron.distill.student={p} is not an HF checkpoint")
         return "path", p
-    p = rd.path / "student_pruned"
+    from climb_hpc.minitron.prune import outputs as prune_outputs
+
+    p = prune_outputs(rd).student_pruned
     if (p / "config.json").is_file():
         return "path", p
     if d.get("student_config"):
@@ -145,7 +171,7 @@ def distill_phase(cfg: DictConfig, rd: RunDir) -> Phase:
         return student
 
     return Phase(
-        name=NAME, section=s, work=rd.stage_dir(NAME), model_dir=rd.path / "student", build=checked,
+        name=NAME, section=s, work=outputs(rd).dir, model_dir=outputs(rd).student, build=checked,
         data=lambda n: flat_data(rd, s.get("data"), int(s["seq_len"]), n, seed, int(s["val_tokens"]),
                                  str(s["text_field"])),
         objective=objective, seed=seed, tokenizer_dir=tokenizer_dir(rd),
@@ -161,11 +187,37 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     from climb_hpc.training import torch_threads
 
     s = _m(cfg).distill
-    if read_json(rd.stage_dir(NAME) / "metrics.json") is not None and (rd.path / "student").exists():
+    if read_json(outputs(rd).metrics) is not None and outputs(rd).student.exists():
         return
     with ds.distributed(s), torch_threads(int(s.get("cpus") or 1)):
         run_phase(distill_phase(cfg, rd))
 
 
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """The student's training plus the teacher's forward pass on every token; a rank holds its ZeRO share of the
+    student's AdamW state and the whole teacher (fp32) unless ``teacher_zero3``."""
+    from climb_hpc.minitron.engine import num_steps
+    from climb_hpc.minitron.sizes import student, teacher
+    from climb_hpc.stage import stage_resources
+
+    d = _m(cfg).distill
+    t_dims, _ = teacher(cfg, x.vocab, led)
+    s_dims = student(cfg, t_dims, led)
+    if d.get("teacher"):
+        t_dims = model_dims(d.teacher, "minitron.distill.teacher", t_dims, led, "distill teacher")
+    seq = int(d.seq_len)
+    tokens = led.use("distill tokens", num_steps(d) * int(d.global_batch_size) * seq,
+                     "minitron.distill.tokens, rounded up to whole steps")
+    led.use("distill FLOP a token", "train(student) + forward(teacher)", "train_flops_per_token: 6N + attention; / 3")
+    ranks = stage_resources(cfg, STAGE).world_size
+    teacher_gb = training_mem_gb(t_dims, 1, 0) / 4 / (ranks if d.teacher_zero3 else 1)  # weights only
+    return Work("distillation", [1], flop=(train_flops(s_dims, seq) + train_flops(t_dims, seq) / 3) * tokens,
+                model=True, mem_gb=training_mem_gb(s_dims, ranks, int(d.zero_stage)) + teacher_gb)
+
+
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.distill",
-              resources=lambda cfg: Resources.from_config(_m(cfg).distill), checkpointable=True)
+              resources=lambda cfg: Resources.from_config(_m(cfg).distill), checkpointable=True,
+              reads=reads, outputs=outputs, estimate=estimate)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from climb_hpc import preempt
-from climb_hpc.minitron import ds
+from climb_hpc.minitron import PhaseFiles, ds
 from climb_hpc.minitron.data import PhaseData, micro_batch
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
 from climb_hpc.training import lr_at
@@ -199,7 +199,7 @@ class Engine:
             if path is None:
                 raise RuntimeError(f"{self.ckpt}: DeepSpeed could not load the checkpoint named in 'latest'")
             self.step = int(client["step"])
-        log = self.phase.work / "train_log.jsonl"
+        log = PhaseFiles(self.phase.work).train_log
         if self.rank == 0:
             lines = log.read_text().splitlines() if log.exists() else []
             self.history = [json.loads(x) for x in lines if x.strip()]
@@ -219,7 +219,7 @@ class Engine:
             if self.rank == 0:
                 atomic_write_json(phase.work / "val_before.json", before)
         t0 = time.perf_counter()
-        logf = open(phase.work / "train_log.jsonl", "a") if self.rank == 0 else None
+        logf = open(PhaseFiles(phase.work).train_log, "a") if self.rank == 0 else None
         try:
             self.engine.train()
             while self.step < self.steps:
@@ -311,7 +311,7 @@ class Engine:
                 "resumed_at_step": attempts[-1] or None,
                 "train_seconds": round(self.train_s, 3), "model_dir": str(phase.model_dir), **phase.info,
             }
-            atomic_write_json(phase.work / "metrics.json", metrics)
+            atomic_write_json(PhaseFiles(phase.work).metrics, metrics)
             if not s.get("keep_checkpoint"):
                 shutil.rmtree(self.ckpt, ignore_errors=True)
         if dist.is_initialized():
@@ -331,7 +331,7 @@ def phase_seed(seed: int, name: str) -> int:
 def run_phase(phase: Phase) -> dict[str, Any]:
     """Train ``phase`` unless its metrics.json exists (then return them): the idempotent entry point.
     Call it inside ``ds.distributed``."""
-    done = read_json(phase.work / "metrics.json")
+    done = read_json(PhaseFiles(phase.work).metrics)
     if done is not None and phase.model_dir.exists():
         return done
     phase.work.mkdir(parents=True, exist_ok=True)

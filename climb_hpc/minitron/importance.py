@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from climb_hpc.estimate import Inputs, Ledger, Work, model_dims, train_flops
 from climb_hpc.minitron.correct import _m, load_hf, plain, seed_of
 from climb_hpc.stage import Resources, Stage
 
@@ -188,9 +190,35 @@ def compute_importance(model: torch.nn.Module, batches: list[torch.Tensor], drop
 # ---------------------------------------------------------------- the stage
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What importance writes under ``<run_dir>/importance/``."""
+
+    dir: Path
+
+    @property
+    def importance(self) -> Path:
+        return self.dir / "importance.pt"  # the scores (torch.save of a dict of tensors)
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
+
+
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    """The mixed dataset (calibration) and the run's tokenizer; the corrected teacher unless ``model`` is given."""
+    return ("tokenize", "mix") if _m(cfg).importance.get("model") else ("tokenize", "mix", "correct")
+
+
 def teacher_dir(cfg: DictConfig, rd: RunDir) -> Path:
+    from climb_hpc.minitron.correct import outputs as correct_outputs
+
     p = _m(cfg).importance.get("model")
-    return Path(p) if p else rd.path / "teacher"
+    return Path(p) if p else correct_outputs(rd).teacher
 
 
 def depth_drop(cfg: DictConfig) -> int:
@@ -258,12 +286,38 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
         imp = compute_importance(model, calibration(cfg, rd), depth_drop(cfg), mc_metric(cfg, rd))
     imp["teacher"] = str(teacher_dir(cfg, rd))
     imp["config"] = plain(s)
-    out = rd.stage_dir(NAME)
-    with atomic_path(out / "importance.pt") as tmp:
+    out = outputs(rd)
+    with atomic_path(out.importance) as tmp:
         torch.save(imp, tmp)
-    atomic_write_json(out / "summary.json", summary_of(imp))
-    print(f"importance: {imp['block'].numel()} layers, base loss {imp['base_loss']:.4f} -> {out}", flush=True)
+    atomic_write_json(out.summary, summary_of(imp))
+    print(f"importance: {imp['block'].numel()} layers, base loss {imp['base_loss']:.4f} -> {out.dir}", flush=True)
+
+
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Forward passes of the teacher over the calibration set: the hooked pass, the base loss, and one loss with
+    each candidate block removed (plus the multiple-choice items when ``mc_path`` is set)."""
+    from climb_hpc.minitron.sizes import teacher
+
+    i = _m(cfg).importance
+    t_dims, _ = teacher(cfg, x.vocab, led)
+    if i.get("model"):
+        t_dims = model_dims(i.model, "minitron.importance.model", t_dims, led, "importance model")
+    seq = int(i.seq_len)
+    tokens = led.use("calibration tokens", int(i.samples) * seq, "minitron.importance.samples x seq_len")
+    drop, layers = depth_drop(cfg), t_dims["num_hidden_layers"]
+    candidates = layers - drop + 1 if 0 < drop <= layers else 0
+    led.use("depth candidates", candidates, "layers - drop + 1, a loss forward each (drop: minitron.importance.drop "
+                                            "or minitron.prune.depth.drop)")
+    fwd = train_flops(t_dims, seq) / 3
+    flop = fwd * tokens * (2 + candidates)
+    if i.get("mc_path"):
+        flop += fwd * int(i.mc_max_items) * float(cfg.plan.mc_tokens_per_item) * (candidates + 1)
+    return Work("forward", [1], flop=flop, model=True)
 
 
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.importance",
-              resources=lambda cfg: Resources.from_config(_m(cfg).importance))
+              resources=lambda cfg: Resources.from_config(_m(cfg).importance), reads=reads,
+              outputs=outputs, estimate=estimate)

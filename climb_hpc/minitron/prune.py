@@ -20,12 +20,14 @@ import copy
 import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from omegaconf import DictConfig
 
+from climb_hpc.estimate import Inputs, Ledger, Work, matmul_params, rate
 from climb_hpc.minitron.correct import _m, load_hf, plain
 from climb_hpc.stage import Resources, Stage
 
@@ -203,15 +205,37 @@ def targets_of(cfg: DictConfig) -> dict[str, Any]:
     return {k: s.get(k) for k in keys}
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What prune writes: the pruned student ``<run>/student_pruned/`` (an HF checkpoint), ``prune/summary.json``."""
+
+    dir: Path
+    student_pruned: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME, rd.path / "student_pruned")
+
+
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    """The scores, and the model they scored: the corrected teacher unless a model is given."""
+    m = _m(cfg)
+    return ("importance",) if m.prune.get("model") or m.importance.get("model") else ("importance", "correct")
+
+
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
-    from climb_hpc.minitron.importance import NAME as IMPORTANCE
+    from climb_hpc.minitron.importance import outputs as importance_outputs
     from climb_hpc.minitron.importance import teacher_dir
     from climb_hpc.rundir import atomic_write_json
     from climb_hpc.training import torch_threads
 
     s = _m(cfg).prune
     src = Path(s.model) if s.get("model") else teacher_dir(cfg, rd)
-    imp_path = rd.path / IMPORTANCE / "importance.pt"
+    imp_path = importance_outputs(rd).importance
     if not imp_path.is_file():
         raise FileNotFoundError(f"{imp_path} is missing: run the importance stage first")
     targets = targets_of(cfg)
@@ -219,7 +243,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
         teacher = load_hf(src)
         importance = torch.load(imp_path, weights_only=False)
         student = prune_model(teacher, importance, targets)
-    save_pruned(student, rd.path / "student_pruned", src)
+    save_pruned(student, outputs(rd).student_pruned, src)
     info = student.pruned_info
     before, after = num_params(teacher), num_params(student)
     summary = {
@@ -231,10 +255,23 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
                  "kv_groups": {str(k): v for k, v in info["kv_groups"].items()},
                  "neurons": {str(k): v for k, v in info["neurons"].items()}},
     }
-    atomic_write_json(rd.stage_dir(NAME) / "summary.json", summary)
-    print(f"prune: {before:,} -> {after:,} parameters ({after / before:.1%}) -> {rd.path / 'student_pruned'}",
+    atomic_write_json(outputs(rd).summary, summary)
+    print(f"prune: {before:,} -> {after:,} parameters ({after / before:.1%}) -> {outputs(rd).student_pruned}",
           flush=True)
 
 
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Weight surgery: load the teacher in fp32, slice it, save the student."""
+    from climb_hpc.minitron.sizes import teacher
+
+    t_dims, _ = teacher(cfg, x.vocab, led)
+    params = matmul_params(t_dims) + t_dims["hidden_size"] * t_dims["vocab_size"]  # + the input embedding
+    return Work("weights (CPU)", [1], task_s=params / rate(cfg, x, "prune_params_s", led, "params/s a task"),
+                model=True, mem_gb=2 * 4 * params / 1e9)
+
+
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.prune",
-              resources=lambda cfg: Resources.from_config(_m(cfg).prune))
+              resources=lambda cfg: Resources.from_config(_m(cfg).prune), reads=reads, outputs=outputs, estimate=estimate)

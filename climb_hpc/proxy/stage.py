@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -29,18 +30,55 @@ _GROUP = re.compile(r"^[A-Za-z0-9_.-]+$")
 Mixture = Mapping[Union[int, str], float]
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What a group of trials writes under ``<run_dir>/proxy/<group>/``."""
+
+    dir: Path
+
+    @property
+    def trials(self) -> Path:
+        return self.dir / "trials.json"  # the plan: each trial's weights and seed
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results.json"
+
+    def trial(self, i: int) -> Path:
+        return self.dir / f"trial_{i:05d}"  # climb_hpc/proxy/train.py's files
+
+
+def outputs(rd: RunDir, group: str) -> Outputs:
+    return Outputs(rd.path / ROOT / group)
+
+
+def groups(rd: RunDir) -> list[str]:
+    """The groups planned in this run folder (sorted)."""
+    root = rd.path / ROOT
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def trial_dirs(rd: RunDir) -> list[Path]:
+    """Every planned trial's folder, by group then trial."""
+    out = []
+    for g in groups(rd):
+        plan = read_json(outputs(rd, g).trials, default={"trials": []})
+        out += [outputs(rd, g).trial(i) for i in range(len(plan["trials"]))]
+    return out
+
+
 def group_dir(rd: RunDir, group: str) -> Path:
-    return rd.stage_dir(f"{ROOT}/{group}")
+    return outputs(rd, group).dir
 
 
 def trial_dir(rd: RunDir, group: str, i: int) -> Path:
-    return group_dir(rd, group) / f"trial_{i:05d}"
+    return outputs(rd, group).trial(i)
 
 
 def load_plan(rd: RunDir, group: str) -> dict[str, Any]:
-    plan = read_json(group_dir(rd, group) / "trials.json")
+    plan = read_json(outputs(rd, group).trials)
     if plan is None:
-        raise FileNotFoundError(f"{group_dir(rd, group) / 'trials.json'} is missing: plan the group with run_mixtures")
+        raise FileNotFoundError(f"{outputs(rd, group).trials} is missing: plan the group with run_mixtures")
     return plan
 
 
@@ -62,7 +100,8 @@ def trial_stage(group: str) -> Stage:
         return Resources.from_config(cfg.proxy)
 
     return Stage(name=f"{ROOT}/{group}", run=run, section="proxy", num_tasks=lambda cfg, rd: len(load_plan(rd, group)["trials"]),
-                 resources=resources, finalize=lambda cfg, rd: _collect(rd, group), checkpointable=True)
+                 resources=resources, finalize=lambda cfg, rd: _collect(rd, group), checkpointable=True,
+                 reads=lambda cfg: ("tokenize",), outputs=lambda rd: outputs(rd, group))
 
 
 def _collect(rd: RunDir, group: str) -> list[dict[str, Any]]:
@@ -75,7 +114,7 @@ def _collect(rd: RunDir, group: str) -> list[dict[str, Any]]:
             raise RuntimeError(f"proxy/{group} trial {i} has a completion marker but no metrics.json")
         rows.append({"trial": i, **spec, "value": m["target"]["value"], "direction": m["target"]["direction"],
                      "metrics": m})
-    atomic_write_json(group_dir(rd, group) / "results.json", rows)
+    atomic_write_json(outputs(rd, group).results, rows)
     return rows
 
 
@@ -93,12 +132,12 @@ def plan_trials(rd: RunDir, group: str, mixtures: Sequence[Mixture], seeds: Sequ
                              f"this run's clusters: {sorted(known)}")
     plan = {"trials": [{"weights": {str(k): v for k, v in normalize_weights(m).items()}, "seed": int(s)}
                        for m, s in zip(mixtures, seeds, strict=True)]}
-    path = group_dir(rd, group) / "trials.json"
+    path = outputs(rd, group).trials
     stored = read_json(path)
     if stored is not None and stored != plan:
         raise RuntimeError(f"{path} holds other trials than these {len(mixtures)}; a group's trials cannot change. "
                            f"Use another group name, or remove {group_dir(rd, group)} and "
-                           f"{rd.path / '_done' / ROOT / group}")
+                           f"{rd.marker_dir(f'{ROOT}/{group}')}")
     if stored is None:
         atomic_write_json(path, plan)
     return plan

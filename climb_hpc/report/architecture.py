@@ -7,6 +7,7 @@ Inputs: ``prune/summary.json``, ``importance/summary.json``, the ``config.json``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,18 @@ from climb_hpc.safetensors_header import stored_params
 DIMS = (("hidden size", "hidden_size"), ("MLP intermediate size", "intermediate_size"),
         ("attention heads", "num_attention_heads"), ("KV heads", "num_key_value_heads"), ("head dim", "head_dim"),
         ("layers", "num_hidden_layers"), ("vocabulary", "vocab_size"), ("tied embeddings", "tie_word_embeddings"))
-MODELS = (("teacher", "teacher"), ("pruned", "student_pruned"), ("distilled", "student"))
+#: (label, the stage that writes the model, its ``Outputs`` field)
+MODELS = (("teacher", "correct", "teacher"), ("pruned", "prune", "student_pruned"), ("distilled", "distill", "student"))
 
 
-def _config(ctx: Ctx, folder: str) -> dict[str, Any] | None:
-    rel = f"{folder}/config.json"
-    return ctx.json(rel) if ctx.has(rel) else None
+def _folder(ctx: Ctx, label: str) -> Path:
+    _, stage, field = next(m for m in MODELS if m[0] == label)
+    return getattr(ctx.outputs(stage), field)
+
+
+def _config(ctx: Ctx, label: str) -> dict[str, Any] | None:
+    path = _folder(ctx, label) / "config.json"
+    return ctx.json(path) if ctx.has(path) else None
 
 
 def _shape(conf: dict[str, Any] | None) -> dict[str, Any]:
@@ -93,30 +100,33 @@ def _kept_figure(teacher: dict[str, Any], pruned: dict[str, Any], params: tuple[
 
 def section(ctx: Ctx) -> Section:
     sec = Section("architecture", "Pruned architecture")
-    summary = ctx.json("prune/summary.json") if ctx.has("prune/summary.json") else None
-    confs = {label: _config(ctx, folder) for label, folder in MODELS}
+    prune_summary = ctx.outputs("prune").summary
+    summary = ctx.json(prune_summary) if ctx.has(prune_summary) else None
+    confs = {label: _config(ctx, label) for label, _, _ in MODELS}
     if summary is None and not confs["pruned"] and not confs["distilled"]:
-        ctx.missing(sec, "prune", "prune/summary.json and student_pruned/")
+        ctx.missing(sec, "prune", f"{ctx.rel(prune_summary)} and {ctx.rel(_folder(ctx, 'pruned'))}/")
         return sec
     shapes = {label: _shape(c) for label, c in confs.items()}
     if summary:  # the model the prune stage pruned (minitron.prune.model may name one outside the run folder)
         shapes["teacher"] = summary.get("before") or shapes["teacher"]
         shapes["pruned"] = shapes["pruned"] or summary.get("after") or {}
     params: dict[str, Any] = {}
-    for label, folder in MODELS:
+    for label, _, _ in MODELS:
+        folder = _folder(ctx, label)
         try:
-            params[label] = stored_params(ctx.run / folder) if (ctx.run / folder).is_dir() else None
+            params[label] = stored_params(folder) if folder.is_dir() else None
         except (OSError, ReportDataError, KeyError, TypeError, ValueError) as e:
             params[label] = None
-            sec.note(f"{folder}/: parameters not counted ({type(e).__name__}: {e})", warn=True)
+            sec.note(f"{ctx.rel(folder)}/: parameters not counted ({type(e).__name__}: {e})", warn=True)
     sp = (summary or {}).get("params") or {}
     params["teacher"] = sp.get("before") if sp.get("before") is not None else params["teacher"]
     params["pruned"] = params["pruned"] if params["pruned"] is not None else sp.get("after")
-    correct = ctx.json("correct/metrics.json") if ctx.has("correct/metrics.json") else {}
-    distill = ctx.json("distill/metrics.json") if ctx.has("distill/metrics.json") else {}
+    correct_metrics, distill_metrics = ctx.outputs("correct").metrics, ctx.outputs("distill").metrics
+    correct = ctx.json(correct_metrics) if ctx.has(correct_metrics) else {}
+    distill = ctx.json(distill_metrics) if ctx.has(distill_metrics) else {}
     vals = {"teacher": (correct.get("val_after") or {}), "pruned": (distill.get("val_before") or {}),
             "distilled": (distill.get("val_after") or {})}
-    labels = [label for label, _ in MODELS]
+    labels = [label for label, _, _ in MODELS]
     rows: list[list[Any]] = [[name, *[shapes[m].get(k) if shapes[m] else None for m in labels]] for name, k in DIMS]
     tp = params["teacher"]
     rows.append(["parameters", *[params[m] for m in labels]])
@@ -128,9 +138,9 @@ def section(ctx: Ctx) -> Section:
     sec.p("Validation losses: the teacher's after correction (correct/metrics.json), the pruned and distilled "
           "student's before and after distillation (distill/metrics.json), each on the held-out tail of its phase's "
           "data. A missing column means its stage has not run.", cls="meta")
-    for label, folder in MODELS[1:]:
+    for label, stage, _ in MODELS[1:]:
         if not confs[label]:
-            ctx.missing(sec, "prune" if label == "pruned" else "distill", f"{folder}/config.json")
+            ctx.missing(sec, stage, _folder(ctx, label) / "config.json")
     if summary:
         kept = summary.get("kept") or {}
         depth = ((summary.get("targets") or {}).get("depth") or {})
@@ -147,12 +157,13 @@ def section(ctx: Ctx) -> Section:
                        "Each dimension of the pruned student as a fraction of the teacher's.")
     else:
         dropped = []
-        ctx.missing(sec, "prune", "prune/summary.json")
-    if not ctx.has("importance/summary.json"):
-        ctx.missing(sec, "importance", "importance/summary.json")
+        ctx.missing(sec, "prune", prune_summary)
+    imp_summary = ctx.outputs("importance").summary
+    if not ctx.has(imp_summary):
+        ctx.missing(sec, "importance", imp_summary)
         return sec
     try:
-        imp = ctx.json("importance/summary.json")
+        imp = ctx.json(imp_summary)
         if imp.get("block"):
             ctx.figure(sec, _importance_figure(imp, dropped), "layer_importance.png", "layer importance",
                        "Left: each teacher layer's block importance (how much it changes its input). Right: the LM "

@@ -27,7 +27,6 @@ SECTIONS: tuple[tuple[str, str, Callable[[Ctx], Section]], ...] = (
     ("training", "Training curves", training.section),
     ("architecture", "Pruned architecture", architecture.section),
 )
-REPORT = "report.html"
 
 
 def load_context(run_dir: Union[str, Path], **options: Optional[int]) -> Ctx:
@@ -79,6 +78,6 @@ def write_report(run_dir: Union[str, Path], **options: Optional[int]) -> Path:
     sections = build_sections(ctx)
     title = f"climb-hpc report: {ctx.run.name}"
     page = render_page(title, f"run folder {ctx.run}", sections)
-    path = ctx.run / REPORT
+    path = ctx.outputs("report").page
     atomic_write(path, page)
     return path

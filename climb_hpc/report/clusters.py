@@ -31,9 +31,10 @@ def cluster_colors(ids: list[int]) -> dict[int, Any]:
 
 
 def _tokens(ctx: Ctx) -> dict[int, int] | None:
-    if not ctx.has("tokenize/summary.json"):
+    path = ctx.outputs("tokenize").summary
+    if not ctx.has(path):
         return None
-    per = ctx.json("tokenize/summary.json").get("clusters") or {}
+    per = ctx.json(path).get("clusters") or {}
     return {int(c): int(v.get("tokens", 0)) for c, v in per.items()}
 
 
@@ -108,10 +109,11 @@ def _refine_figure(initial: list[dict[str, Any]], thresholds: dict[str, Any]) ->
 
 def section(ctx: Ctx) -> Section:
     sec = Section("clusters", "Clusters")
-    if not ctx.has("refine/clusters.json"):
-        ctx.missing(sec, "refine", "refine/clusters.json")
+    path = ctx.outputs("refine").clusters
+    if not ctx.has(path):
+        ctx.missing(sec, "refine", path)
         return sec
-    info = ctx.json("refine/clusters.json")
+    info = ctx.json(path)
     final = info.get("clusters") or []
     initial = info.get("initial") or []
     merge = info.get("merge") or {}
@@ -133,7 +135,7 @@ def section(ctx: Ctx) -> Section:
         tokens = None
         sec.note(str(e), warn=True)
     if tokens is None:
-        ctx.missing(sec, "tokenize", "tokenize/summary.json: token counts")
+        ctx.missing(sec, "tokenize", f"{ctx.rel(ctx.outputs('tokenize').summary)}: token counts")
     ctx.figure(sec, _sizes_figure(ids, docs, tokens), "cluster_sizes.png", "documents and tokens per final cluster",
                "Size of each final cluster in documents and in tokens (tokens include one EOS a document).")
     axes = [a for a in (info.get("axes") or []) if any(a in (c.get("mean_scores") or {}) for c in final)]
@@ -209,30 +211,31 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
 def _doc_clusters(ctx: Ctx, n: int) -> np.ndarray | None:
     import pyarrow.parquet as pq
 
-    if not ctx.has("refine/doc_clusters.parquet"):
+    path = ctx.outputs("refine").doc_clusters
+    if not ctx.has(path):
         return None
     try:
-        col = pq.read_table(ctx.run / "refine" / "doc_clusters.parquet", columns=["cluster"]).column("cluster")
+        col = pq.read_table(path, columns=["cluster"]).column("cluster")
     except Exception as e:
-        raise ReportDataError(f"refine/doc_clusters.parquet: unreadable ({type(e).__name__}: {e})") from None
+        raise ReportDataError(f"{ctx.rel(path)}: unreadable ({type(e).__name__}: {e})") from None
     labels = col.to_numpy()
     if len(labels) != n:
-        raise ReportDataError(f"refine/doc_clusters.parquet has {len(labels)} rows, the embeddings {n}")
+        raise ReportDataError(f"{ctx.rel(path)} has {len(labels)} rows, the embeddings {n}")
     return labels
 
 
 def map_section(ctx: Ctx) -> Section:
     sec = Section("map", "Documents map")
-    path = ctx.run / "embed" / "embeddings.zarr"
+    path = ctx.outputs("embed").store
     if not path.exists():
-        ctx.missing(sec, "embed", "embed/embeddings.zarr")
+        ctx.missing(sec, "embed", path)
         return sec
     import zarr
 
     try:
         arr = zarr.open_array(str(path), mode="r")
     except Exception as e:
-        raise ReportDataError(f"embed/embeddings.zarr: unreadable ({type(e).__name__}: {e})") from None
+        raise ReportDataError(f"{ctx.rel(path)}: unreadable ({type(e).__name__}: {e})") from None
     n, dim = int(arr.shape[0]), int(arr.shape[1])
     idx = sample_rows(n, ctx.max_points, ctx.seed)
     x = np.asarray(arr[:] if len(idx) == n else arr.get_orthogonal_selection((idx, slice(None))), dtype=np.float64)
@@ -240,7 +243,7 @@ def map_section(ctx: Ctx) -> Section:
     labels_all = _doc_clusters(ctx, n)
     labels = labels_all[idx] if labels_all is not None else None
     if labels_all is None:
-        ctx.missing(sec, "refine", "refine/doc_clusters.parquet")
+        ctx.missing(sec, "refine", ctx.outputs("refine").doc_clusters)
     x, idx = x[ok], idx[ok]
     labels = labels[ok] if labels is not None else None
     if len(x) < 2:

@@ -13,7 +13,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import matplotlib
 
@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
 from climb_hpc.report.page import Section  # noqa: E402
-from climb_hpc.rundir import atomic_write  # noqa: E402
+from climb_hpc.rundir import RunDir, atomic_write  # noqa: E402
 
 #: Defaults of the report's options (``climb-hpc report run_dir=DIR max_points=N dpi=N top_trials=N``).
 DEFAULTS = {"max_points": 5000, "dpi": 100, "top_trials": 5}
@@ -45,8 +45,26 @@ class Ctx:
     pngs: list[Path] = field(default_factory=list)
 
     @property
+    def rd(self) -> RunDir:
+        return RunDir(self.run)
+
+    def outputs(self, stage: str) -> Any:
+        """A stage's outputs (its ``Outputs`` accessor): the report spells no other stage's file names."""
+        from climb_hpc.stage import get_stage
+
+        return get_stage(stage).outputs(self.rd)
+
+    @property
     def out(self) -> Path:
-        return self.run / "report"
+        return self.outputs("report").dir
+
+    def rel(self, path: Union[str, Path]) -> str:
+        """``path`` as shown on the page: relative to the run folder."""
+        p = self.path(path)
+        return str(p.relative_to(self.run)) if p.is_relative_to(self.run) else str(p)
+
+    def path(self, path: Union[str, Path]) -> Path:
+        return Path(path) if Path(path).is_absolute() else self.run / path
 
     # ---------------------------------------------------------------- config
     def conf(self, dotted: str, default: Any = None) -> Any:
@@ -69,23 +87,22 @@ class Ctx:
         return stage in (self.conf("pipeline.stages") or [])
 
     # ---------------------------------------------------------------- files
-    def has(self, rel: str) -> bool:
-        return (self.run / rel).exists()
+    def has(self, path: Union[str, Path]) -> bool:
+        return self.path(path).exists()
 
-    def json(self, rel: str) -> Any:
-        """``<run>/<rel>`` parsed; ``ReportDataError`` when it is unreadable or not JSON."""
-        p = self.run / rel
+    def json(self, path: Union[str, Path]) -> Any:
+        """A file of the run folder parsed; ``ReportDataError`` when it is unreadable or not JSON."""
         try:
-            return json.loads(p.read_text())
+            return json.loads(self.path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ReportDataError(f"{rel}: unreadable ({type(e).__name__}: {e})") from None
+            raise ReportDataError(f"{self.rel(path)}: unreadable ({type(e).__name__}: {e})") from None
 
-    def jsonl(self, rel: str) -> list[dict[str, Any]]:
+    def jsonl(self, path: Union[str, Path]) -> list[dict[str, Any]]:
         """The records of a JSON-lines log; lines that do not parse (a torn last line) are skipped."""
         try:
-            lines = (self.run / rel).read_text().splitlines()
+            lines = self.path(path).read_text().splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise ReportDataError(f"{rel}: unreadable ({type(e).__name__}: {e})") from None
+            raise ReportDataError(f"{self.rel(path)}: unreadable ({type(e).__name__}: {e})") from None
         out = []
         for line in lines:
             try:
@@ -96,12 +113,12 @@ class Ctx:
                 out.append(rec)
         return out
 
-    def missing(self, sec: Section, stage: str, what: str) -> None:
+    def missing(self, sec: Section, stage: str, what: Union[str, Path]) -> None:
         """The one-line note of a section whose stage has not written its outputs."""
-        done = self.run / "_done" / stage
-        if (done / "_stage").exists():
+        what = self.rel(what)
+        if self.rd.stage_complete(stage):
             sec.note(f"stage {stage} is complete, but {what} is missing", warn=True)
-        elif done.is_dir() or (self.run / "_failed" / stage).is_dir():
+        elif self.rd.marker_dir(stage).is_dir() or self.rd.failed_dir(stage).is_dir():
             sec.note(f"stage {stage} not finished yet ({what} not found)")
         else:
             extra = "" if self.in_pipeline(stage) or not self.cfg else "; it is not in this run's pipeline.stages"

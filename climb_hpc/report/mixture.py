@@ -41,10 +41,11 @@ def _search_pngs(result: dict[str, Any], pool: np.ndarray | None) -> list[tuple[
 
 def search_section(ctx: Ctx) -> Section:
     sec = Section("search", "Mixture search")
-    if not ctx.has("search/result.json"):
-        ctx.missing(sec, "search", "search/result.json")
+    search = ctx.outputs("search")
+    if not ctx.has(search.result):
+        ctx.missing(sec, "search", search.result)
         return sec
-    r = ctx.json("search/result.json")
+    r = ctx.json(search.result)
     trials = [t for t in (r.get("trials") or []) if isinstance(t, dict)]
     direction = sp._direction(r)
     label = sp._target_label(r)
@@ -85,11 +86,11 @@ def search_section(ctx: Ctx) -> Section:
                "predictor note"], round_rows, digits=5)
 
     pool = None
-    if ctx.has("search/pool.npy"):
+    if ctx.has(search.pool):
         try:
-            pool = np.load(ctx.run / "search" / "pool.npy")
+            pool = np.load(search.pool)
         except Exception as e:
-            sec.note(f"search/pool.npy: unreadable ({type(e).__name__}: {e}); the map shows the tried mixtures only",
+            sec.note(f"{ctx.rel(search.pool)}: unreadable ({type(e).__name__}: {e}); the map shows the tried mixtures only",
                      warn=True)
     captions = {
         sp.FILES[0]: "The best measured mixture's weight per cluster next to the natural token shares.",
@@ -117,9 +118,10 @@ def search_section(ctx: Ctx) -> Section:
 
 def natural_shares(ctx: Ctx) -> dict[int, float] | None:
     """Each cluster's share of the tokenized corpus (``tokenize/summary.json``), None when not tokenized."""
-    if not ctx.has("tokenize/summary.json"):
+    path = ctx.outputs("tokenize").summary
+    if not ctx.has(path):
         return None
-    per = ctx.json("tokenize/summary.json").get("clusters") or {}
+    per = ctx.json(path).get("clusters") or {}
     total = sum(float(v.get("tokens", 0)) for v in per.values())
     return {int(c): float(v.get("tokens", 0)) / total for c, v in per.items()} if total > 0 else None
 
@@ -151,27 +153,28 @@ def _weights_figure(ids: list[int], w: list[float], nat: list[float] | None, sou
 
 def weights_section(ctx: Ctx) -> Section:
     sec = Section("weights", "Final weights")
-    if not ctx.has("mixture.json"):
-        ctx.missing(sec, "mix", "mixture.json")
-        if ctx.has("search/result.json"):
+    out = ctx.outputs("mix")
+    if not ctx.has(out.mixture):
+        ctx.missing(sec, "mix", out.mixture)
+        if ctx.has(ctx.outputs("search").result):
             sec.p("The search's best measured mixture is in the search section above.")
         return sec
-    m = ctx.json("mixture.json")
+    m = ctx.json(out.mixture)
     weights = {int(c): float(v) for c, v in (m.get("weights") or {}).items()}
     nat = natural_shares(ctx)
     ids = sorted(set(weights) | set(nat or {}))
     if not ids:
-        sec.note("mixture.json holds no weights", warn=True)
+        sec.note(f"{ctx.rel(out.mixture)} holds no weights", warn=True)
         return sec
     w = [weights.get(c, 0.0) for c in ids]
     n = [nat.get(c, 0.0) for c in ids] if nat is not None else None
     src = str(m.get("source", "?"))
     mixed = None
-    if ctx.has("mix/summary.json"):
-        mixed = ctx.json("mix/summary.json")
+    if ctx.has(out.summary):
+        mixed = ctx.json(out.summary)
     where = {"search": "the search (its best measured mixture)", "config": "the config (mix.weights)"}.get(src, src)
-    done = (f"{fmt(mixed.get('tokens'))} tokens in {fmt(mixed.get('docs'))} whole documents written to mix/tokens.bin"
-            if mixed else "stage mix not finished (mix/summary.json not found)")
+    done = (f"{fmt(mixed.get('tokens'))} tokens in {fmt(mixed.get('docs'))} whole documents written to "
+            f"{ctx.rel(out.tokens)}" if mixed else f"stage mix not finished ({ctx.rel(out.summary)} not found)")
     sec.p(f"Weights from {where}. Mixed dataset: {fmt(m.get('tokens'))} tokens asked; {done}.")
     ctx.figure(sec, _weights_figure(ids, w, n, src), "final_mixture.png", "final mixture weights per cluster",
                "The weight of each cluster in mixture.json (orange) beside its natural share of the tokenized corpus "

@@ -316,14 +316,17 @@ def plot_mixture_map(result: Mapping[str, Any], pool: np.ndarray | None, path: s
 
 def search_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write the three search PNGs of ``<run_dir>/search`` into ``out_dir`` (default ``<run_dir>/report``)."""
-    run_dir = Path(run_dir)
-    res_path = run_dir / "search" / "result.json"
+    from climb_hpc.rundir import RunDir
+    from climb_hpc.stage import get_stage  # the stages' outputs, without importing the search (which calls this)
+
+    rd = RunDir(run_dir)
+    search = get_stage("search").outputs(rd)
+    res_path, pool_path = search.result, search.pool
     if not res_path.is_file():
-        raise FileNotFoundError(f"{res_path} not found: run the search stage first (it writes search/result.json)")
+        raise FileNotFoundError(f"{res_path} not found: run the search stage first")
     result = json.loads(res_path.read_text())
-    pool_path = run_dir / "search" / "pool.npy"
     pool = np.load(pool_path) if pool_path.is_file() else None
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out = Path(out_dir) if out_dir is not None else get_stage("report").outputs(rd).dir
     out.mkdir(parents=True, exist_ok=True)
     return [plot_final_weights(result, out / FILES[0]),
             plot_predicted_vs_measured(result, out / FILES[1]),

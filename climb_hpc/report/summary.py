@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from climb_hpc.report.common import Ctx, finite
 from climb_hpc.report.page import Section
+from climb_hpc.rundir import STAGE_MARKER
 
 
 def _utc(t: Any) -> Optional[str]:
@@ -64,11 +65,12 @@ def highlights(ctx: Ctx) -> list[tuple[str, str, str]]:
 
 
 def _stage_names(ctx: Ctx, manifest: dict[str, Any]) -> list[str]:
+    from climb_hpc.proxy.stage import ROOT as PROXY
+
     names = list(ctx.conf("pipeline.stages") or [])
-    done = ctx.run / "_done"
-    groups = sorted(f"proxy/{p.name}" for p in (done / "proxy").iterdir() if p.is_dir()) if (done / "proxy").is_dir() \
-        else []
-    others = sorted(p.name for p in done.iterdir() if p.is_dir() and p.name != "proxy") if done.is_dir() else []
+    marked = ctx.rd.marked_stages()
+    groups = [n for n in marked if n.partition("/")[0] == PROXY]
+    others = [n for n in marked if n not in groups]
     others += [k for k in manifest if k not in others]
     out = names[: names.index("search") + 1] if "search" in names else list(names)  # a search's trials after it
     out += [g for g in groups if g not in out]
@@ -85,7 +87,7 @@ def stage_rows(ctx: Ctx) -> list[list[Any]]:
         manifest = {}
     rows = []
     for name in _stage_names(ctx, manifest):
-        d = ctx.run / "_done" / name
+        d = ctx.rd.marker_dir(name)
         markers = sorted(p for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
         task_s = 0.0
         for p in markers:
@@ -94,12 +96,12 @@ def stage_rows(ctx: Ctx) -> list[list[Any]]:
             except (OSError, ValueError, AttributeError):
                 pass
         stage = None
-        if (d / "_stage").is_file():
+        if (d / STAGE_MARKER).is_file():
             try:
-                stage = json.loads((d / "_stage").read_text())
+                stage = json.loads((d / STAGE_MARKER).read_text())
             except (OSError, ValueError):
                 stage = {}
-        failed_dir = ctx.run / "_failed" / name
+        failed_dir = ctx.rd.failed_dir(name)
         done_ids = {p.name for p in markers}
         failed = sorted(p for p in failed_dir.iterdir() if p.name.isdigit() and p.name not in done_ids) \
             if failed_dir.is_dir() else []

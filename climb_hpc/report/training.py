@@ -17,9 +17,11 @@ from matplotlib.ticker import MaxNLocator
 from climb_hpc.report.common import Ctx, ReportDataError, finite, message
 from climb_hpc.report.page import Section
 
-#: (label, work folder, stage) of the Minitron engine's phases, in the order they run
-PHASES = (("teacher pretraining", "correct/pretrain", "correct"), ("teacher correction", "correct", "correct"),
-          ("distillation", "distill", "distill"))
+#: (label, stage, its ``Outputs`` field holding the phase's work folder) of the Minitron engine's phases, in order
+PHASES = (("teacher pretraining", "correct", "pretrain"), ("teacher correction", "correct", "dir"),
+          ("distillation", "distill", "dir"))
+#: files of the Minitron engine's work folder (climb_hpc/minitron/engine.py) and of a proxy trial's
+TRAIN_LOG, METRICS = "train_log.jsonl", "metrics.json"
 
 
 def smooth(y: np.ndarray) -> np.ndarray:
@@ -39,10 +41,12 @@ def _series(log: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray
 
 def proxy_trials(ctx: Ctx) -> list[dict[str, Any]]:
     """Every proxy trial with metrics: group, trial, value, direction, folder."""
+    from climb_hpc.proxy.stage import trial_dirs
+
     out = []
-    for m in sorted((ctx.run / "proxy").glob("*/trial_*/metrics.json")):
+    for m in [d / METRICS for d in trial_dirs(ctx.rd) if (d / METRICS).is_file()]:
         try:
-            metrics = ctx.json(str(m.relative_to(ctx.run)))
+            metrics = ctx.json(m)
             t = metrics.get("target") or {}
         except (ReportDataError, AttributeError):
             continue
@@ -53,10 +57,11 @@ def proxy_trials(ctx: Ctx) -> list[dict[str, Any]]:
 
 def _reference_names(ctx: Ctx) -> dict[int, str]:
     """Trial index of the ``references`` group -> reference name, in the order the search measured them."""
-    if not ctx.has("search/result.json"):
+    path = ctx.outputs("search").result
+    if not ctx.has(path):
         return {}
     try:
-        refs = ctx.json("search/result.json").get("references") or {}
+        refs = ctx.json(path).get("references") or {}
     except (ReportDataError, AttributeError):
         return {}
     return dict(enumerate(refs))
@@ -67,8 +72,7 @@ def _proxy_figure(ctx: Ctx, shown: list[dict[str, Any]]) -> Figure:
     ax = fig.add_subplot()
     cmap = colormaps["tab10"]
     for i, t in enumerate(shown):
-        log = ctx.jsonl(str((t["dir"] / "train_log.jsonl").relative_to(ctx.run))) \
-            if (t["dir"] / "train_log.jsonl").is_file() else []
+        log = ctx.jsonl(t["dir"] / TRAIN_LOG) if (t["dir"] / TRAIN_LOG).is_file() else []
         x, y = _series(log, "loss")
         if not len(x):
             continue
@@ -93,7 +97,7 @@ def _proxy_part(ctx: Ctx, sec: Section) -> None:
     sec.h3("Proxy trials")
     trials = proxy_trials(ctx)
     if not trials:
-        ctx.missing(sec, "search", "proxy/<group>/trial_*/metrics.json")
+        ctx.missing(sec, "search", f"{ctx.rel(ctx.outputs('search').dir)}: proxy trials with {METRICS}")
         return
     lower = trials[0]["direction"] != "higher"
     ranked = sorted((t for t in trials if t["group"] != "references" and finite(t["value"])),
@@ -151,23 +155,25 @@ def _phase_figure(logs: list[tuple[str, list[dict[str, Any]]]]) -> Figure:
 
 def _minitron_part(ctx: Ctx, sec: Section) -> None:
     sec.h3("Minitron: teacher and distillation")
-    has = {work: ctx.has(f"{work}/train_log.jsonl") for _, work, _ in PHASES}
-    if not has["correct"] and not has["correct/pretrain"]:
-        ctx.missing(sec, "correct", "correct/train_log.jsonl")
-    elif not has["correct/pretrain"]:
+    work = {label: getattr(ctx.outputs(stage), field) for label, stage, field in PHASES}
+    has = {label: ctx.has(w / TRAIN_LOG) for label, w in work.items()}
+    pretrain, correct, distill = (label for label, _, _ in PHASES)
+    if not has[correct] and not has[pretrain]:
+        ctx.missing(sec, "correct", work[correct] / TRAIN_LOG)
+    elif not has[pretrain]:
         sec.p("No teacher pretraining here: the teacher was given (minitron.teacher.path).")
-    elif not has["correct"]:
-        sec.note("teacher correction not started yet (correct/train_log.jsonl not found)")
-    if not has["distill"]:
-        ctx.missing(sec, "distill", "distill/train_log.jsonl")
+    elif not has[correct]:
+        sec.note(f"teacher correction not started yet ({ctx.rel(work[correct] / TRAIN_LOG)} not found)")
+    if not has[distill]:
+        ctx.missing(sec, "distill", work[distill] / TRAIN_LOG)
     logs, rows = [], []
-    for label, work, _ in PHASES:
-        if not has[work]:
+    for label, _, _ in PHASES:
+        if not has[label]:
             continue
-        log = ctx.jsonl(f"{work}/train_log.jsonl")
+        log = ctx.jsonl(work[label] / TRAIN_LOG)
         if log:
             logs.append((label, log))
-        m = ctx.json(f"{work}/metrics.json") if ctx.has(f"{work}/metrics.json") else {}
+        m = ctx.json(work[label] / METRICS) if ctx.has(work[label] / METRICS) else {}
         rows.append([label, m.get("steps") or len(log), m.get("tokens"), m.get("lr_peak"), m.get("final_train_loss"),
                      _val(m.get("val_before")), _val(m.get("val_after")), m.get("world_size"), m.get("zero_stage"),
                      m.get("precision"), m.get("train_seconds"), "finished" if m else "running (no metrics.json)"])

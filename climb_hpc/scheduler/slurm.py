@@ -44,7 +44,7 @@ class SlurmExecutor(Executor):
                 f"{res.gpus} GPU(s) a task, at most {c.get('array_parallelism')} at once" + (f", {where}" if where else ""))
 
     def active_tasks(self, stage: str) -> int:
-        return len(_alive(read_json(self.rd.path / "_jobs" / f"{stage}.json", default={})))
+        return len(_alive(read_json(self.rd.jobs_file(stage), default={})))
 
     def _executor(self, stage: Stage, res: Resources) -> tuple[submitit.SlurmExecutor, dict[str, Any]]:
         params = submitit_parameters(self.cfg.cluster, res, job_name=f"climb-{stage.name}",
@@ -87,7 +87,7 @@ class SlurmExecutor(Executor):
 
     # ---- submission, re-attachment, polling
     def _jobs_file(self, stage: Stage) -> Path:
-        return self.rd.path / "_jobs" / f"{stage.name}.json"
+        return self.rd.jobs_file(stage.name)
 
     def _submit(self, ex: submitit.SlurmExecutor, stage: Stage, tasks: list[int], size: int) -> dict[int, str]:
         fn = SlurmTask(str(self.rd.path), stage.name, stage.checkpointable)

@@ -17,6 +17,7 @@ document in one seeded shuffled order::
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc.config import ConfigError, section
+from climb_hpc.estimate import Inputs, Ledger, Work, rate
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 
@@ -37,12 +39,40 @@ INDEX = pa.schema([("id", pa.string()), ("cluster", pa.int64()), ("epoch", pa.in
                    ("n_tokens", pa.int64())])
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What mix writes (the layout above): ``mixture.json`` in the run folder, the rest under ``mix/``."""
+
+    dir: Path
+    mixture: Path
+
+    @property
+    def tokens(self) -> Path:
+        return self.dir / "tokens.bin"
+
+    @property
+    def index(self) -> Path:
+        return self.dir / "index.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    def part(self, c: int) -> Path:
+        """A task's part, without suffix: ``.bin`` and ``.idx.parquet``."""
+        return self.dir / "parts" / f"cluster_{c:05d}"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME, rd.path / "mixture.json")
+
+
 def mix_dir(rd: RunDir) -> Path:
-    return rd.stage_dir(NAME)
+    return outputs(rd).dir
 
 
 def mixture_path(rd: RunDir) -> Path:
-    return rd.path / "mixture.json"
+    return outputs(rd).mixture
 
 
 def _m(cfg: DictConfig) -> DictConfig:
@@ -56,7 +86,9 @@ def chosen_weights(cfg: DictConfig, rd: RunDir) -> tuple[dict[int, float], str]:
     given = _m(cfg).get("weights")
     if given:
         return normalize_weights(OmegaConf.to_container(given) if isinstance(given, DictConfig) else given), "config"
-    result = read_json(rd.path / "search" / "result.json")
+    from climb_hpc.search.stage import outputs as search_outputs
+
+    result = read_json(search_outputs(rd).result)
     if result is None:
         raise ConfigError("mix: no mixture: run the search stage first, or give one with mix.weights={0: 0.5, 3: 0.5}")
     return normalize_weights(result["best"]["weights"]), "search"
@@ -83,7 +115,7 @@ def plan(cfg: DictConfig, rd: RunDir) -> dict[str, Any]:
         same = {k: stored.get(k) for k in ("weights", "tokens", "holdout_fraction", "seed")}
         if same != {k: p[k] for k in same}:
             raise RuntimeError(f"{mixture_path(rd)} was planned with another mixture or budget; use a new run folder "
-                               f"or remove it, {mix_dir(rd)} and {rd.path / '_done' / NAME}")
+                               f"or remove it, {mix_dir(rd)} and {rd.marker_dir(NAME)}")
         return stored
     atomic_write_json(mixture_path(rd), p)
     return p
@@ -94,8 +126,20 @@ def _seed(cfg: DictConfig) -> int:
     return int(cfg.seed if s is None else s)
 
 
+def prepare(cfg: DictConfig, rd: RunDir) -> None:
+    plan(cfg, rd)
+
+
 def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
-    return len(plan(cfg, rd)["clusters"])
+    p = read_json(mixture_path(rd))
+    if p is None:
+        raise FileNotFoundError(f"{mixture_path(rd)} is missing: the mix stage has not been prepared")
+    return len(p["clusters"])
+
+
+def reads(cfg: DictConfig) -> tuple[str, ...]:
+    """The token stores, and the search's result unless ``mix.weights`` gives the mixture."""
+    return ("tokenize",) if _m(cfg).get("weights") else ("tokenize", "search")
 
 
 def select_docs(n_tokens: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +175,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     rows = keep[docs]
     offsets = index.column("offset").to_numpy()[rows]
     lengths = n[docs]
-    part = mix_dir(rd) / "parts" / f"cluster_{c:05d}"
+    part = outputs(rd).part(c)
     with atomic_path(part.with_suffix(".bin")) as tmp, open(tmp, "wb") as f:
         for a, k in zip(offsets, lengths, strict=True):
             f.write(np.asarray(tokens[a:a + k]).tobytes())
@@ -154,7 +198,7 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     dtype = np.dtype(s["dtype"])
     parts, tables = {}, []
     for c in sorted(int(k) for k in p["clusters"]):
-        base = mix_dir(rd) / "parts" / f"cluster_{c:05d}"
+        base = outputs(rd).part(c)
         parts[c] = np.memmap(base.with_suffix(".bin"), dtype=dtype, mode="r")
         tables.append(pq.read_table(base.with_suffix(".idx.parquet")))
     table = pa.concat_tables(tables)
@@ -162,11 +206,11 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     cl = table.column("cluster").to_numpy()[order]
     src = table.column("offset").to_numpy()[order]
     n = table.column("n_tokens").to_numpy()[order] + 1
-    with atomic_path(mix_dir(rd) / "tokens.bin") as tmp, open(tmp, "wb") as f:
+    with atomic_path(outputs(rd).tokens) as tmp, open(tmp, "wb") as f:
         for c, a, k in zip(cl, src, n, strict=True):
             f.write(np.asarray(parts[int(c)][a:a + k]).tobytes())
     out = table.take(pa.array(order)).set_column(3, "offset", pa.array(np.concatenate([[0], np.cumsum(n)[:-1]])))
-    with atomic_path(mix_dir(rd) / "index.parquet") as tmp:
+    with atomic_path(outputs(rd).index) as tmp:
         pq.write_table(out, tmp)
     per = {}
     for c in sorted(parts):
@@ -176,21 +220,34 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
                        "epochs": int(table.column("epoch").to_numpy()[order][sel].max(initial=-1)) + 1}
     summary = {"dtype": s["dtype"], "eos_id": s["eos_id"], "vocab_size": s["vocab_size"], "docs": int(len(order)),
                "tokens": int(n.sum()), "tokens_target": p["tokens"], "clusters": per,
-               "tokenizer_dir": s["tokenizer_dir"], "files": {"tokens": "tokens.bin", "index": "index.parquet"}}
-    atomic_write_json(mix_dir(rd) / "summary.json", summary)
+               "tokenizer_dir": s["tokenizer_dir"], "files": {"tokens": outputs(rd).tokens.name, "index": outputs(rd).index.name}}
+    atomic_write_json(outputs(rd).summary, summary)
     atomic_write_json(mixture_path(rd), {**p, "clusters": {c: {**p["clusters"][c], **per[c]} for c in per}})
     print(f"mix: {summary['docs']:,} docs, {summary['tokens']:,} tokens (target {p['tokens']:,}) from "
-          f"{len(per)} clusters -> {mix_dir(rd) / 'tokens.bin'}", flush=True)
+          f"{len(per)} clusters -> {outputs(rd).tokens}", flush=True)
 
 
 def load_mixed(rd: RunDir) -> tuple[np.ndarray, pa.Table, dict[str, Any]]:
     """(tokens memmap, index, summary) of the mixed dataset."""
-    s = read_json(mix_dir(rd) / "summary.json")
+    out = outputs(rd)
+    s = read_json(out.summary)
     if s is None:
-        raise FileNotFoundError(f"{mix_dir(rd) / 'summary.json'} is missing: the mix stage has not finished")
-    return (np.memmap(mix_dir(rd) / "tokens.bin", dtype=s["dtype"], mode="r"),
-            pq.read_table(mix_dir(rd) / "index.parquet"), s)
+        raise FileNotFoundError(f"{out.summary} is missing: the mix stage has not finished")
+    return np.memmap(out.tokens, dtype=s["dtype"], mode="r"), pq.read_table(out.index), s
 
 
-STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks,
-              resources=lambda cfg: Resources.from_config(_m(cfg)), finalize=finalize)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Gathering whole documents into mix/tokens.bin, one task a final cluster (an upper bound before refine ran)."""
+    r = cfg.clusters.refine
+    clusters = int(r.get("target_clusters") or r.get("max_clusters") or 40)
+    led.use("final clusters", clusters, "clusters.refine.target_clusters or max_clusters (an upper bound)")
+    tokens = led.use("mixed tokens", float(_m(cfg).tokens), "mix.tokens")
+    return Work("text (CPU)", [clusters], core_s=tokens / rate(cfg, x, "mix_tokens_s", led, "tokens/s a core"))
+
+
+STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, prepare=prepare,
+              resources=lambda cfg: Resources.from_config(_m(cfg)), finalize=finalize,
+              reads=reads, outputs=outputs, estimate=estimate)

@@ -20,20 +20,49 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc.config import ConfigError, section
-from climb_hpc.rundir import atomic_write_json, read_json
-from climb_hpc.stage import Resources, Stage
+from climb_hpc.estimate import Inputs, Ledger, Work, dims_of, dims_text, matmul_params, train_flops
+from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.stage import DriverStage, Resources
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
     from climb_hpc.stage import RunStageFn
 
 NAME = "search"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the search writes under ``<run_dir>/search/`` (described above); its trials are ``proxy/<group>``."""
+
+    dir: Path
+
+    @property
+    def pool(self) -> Path:
+        return self.dir / "pool.npy"
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def predictor(self) -> Path:
+        return self.dir / "predictor.txt"
+
+    def round_predictor(self, r: int) -> Path:
+        return self.dir / f"predictor_r{r}.txt"
+
+
+def outputs(rd: RunDir) -> Outputs:
+    return Outputs(rd.path / NAME)
 
 
 def _s(cfg: DictConfig) -> DictConfig:
@@ -95,8 +124,9 @@ def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
     if len(clusters) < 2:
         raise RuntimeError(f"search: {len(clusters)} cluster(s) with tokens; a mixture search needs at least 2")
     pool = candidate_pool(cfg, rd, clusters)
-    out = rd.stage_dir(NAME)
-    np.save(out / "pool.npy", pool)
+    out = outputs(rd)
+    with atomic_path(out.pool) as tmp, open(tmp, "wb") as f:
+        np.save(f, pool)
     trials: list[dict[str, Any]] = []
 
     def evaluate(indices: list[int]) -> list[float]:
@@ -111,7 +141,7 @@ def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
     kwargs: dict[str, Any] = {"seed": _seed(cfg), "direction": direction}
     if strategy in ("climb", "regmix"):
         kwargs["predictor_kwargs"] = {**(_plain(s.get("predictor")) or {})}
-        kwargs["on_fit"] = lambda r, pred: pred.save(out / f"predictor_r{r}.txt")
+        kwargs["on_fit"] = lambda r, pred: pred.save(out.round_predictor(r))
     if strategy == "climb":
         kwargs["proportions"] = tuple(_plain(s.proportions))
         if s.get("top_n") is not None:
@@ -138,7 +168,7 @@ def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, cl
     if len(ok) >= 2:
         pred = Predictor(seed=_seed(cfg), **(_plain(_s(cfg).get("predictor")) or {}))
         final_report = pred.fit(pool[[t["pool_index"] for t in ok]], np.array([t["value"] for t in ok]))
-        pred.save(rd.stage_dir(NAME) / "predictor.txt")
+        pred.save(outputs(rd).predictor)
     else:
         final_report = None
     doc = {
@@ -151,13 +181,13 @@ def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, cl
         "references": {n: {"weights": row["weights"], "value": row["value"]}
                        for n, row in zip(refs, ref_rows, strict=True)},
     }
-    atomic_write_json(rd.stage_dir(NAME) / "result.json", doc)
+    atomic_write_json(outputs(rd).result, doc)
     try:
         from climb_hpc.report.search_plots import search_plots
 
         search_plots(rd.path)
     except Exception as e:  # plots are for people; a broken plot must not lose the search
-        print(f"search: plots failed ({type(e).__name__}: {e}); the result is in {rd.stage_dir(NAME)}", flush=True)
+        print(f"search: plots failed ({type(e).__name__}: {e}); the result is in {outputs(rd).dir}", flush=True)
     line = f"search ({strategy}, {len(trials)} trials): best measured {direction}-is-better target {best['value']:.5f}"
     for n, r in doc["references"].items():
         line += f"; {n} {r['value']:.5f}"
@@ -165,11 +195,53 @@ def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, cl
 
 
 def load_result(rd: RunDir) -> dict[str, Any]:
-    doc = read_json(rd.stage_dir(NAME) / "result.json")
+    doc = read_json(outputs(rd).result)
     if doc is None:
-        raise FileNotFoundError(f"{rd.stage_dir(NAME) / 'result.json'} is missing: the search has not finished")
+        raise FileNotFoundError(f"{outputs(rd).result} is missing: the search has not finished")
     return doc
 
 
-STAGE = Stage(name=NAME, run=lambda cfg, rd, task: None, num_tasks=lambda cfg, rd: 0,
-              resources=lambda cfg: Resources.from_config(cfg.proxy), drive=drive)
+# ---------------------------------------------------------------- its cost, for `climb-hpc plan`
+
+
+def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """Proxy trials, each round one array (``proxy/<group>``): (training + evaluation) FLOP a trial x trials."""
+    from climb_hpc.proxy.train import num_steps
+    from climb_hpc.search.strategies import split_budget
+
+    s, p, t = cfg.search, cfg.proxy, cfg.target
+    budget, strategy = int(led.use("search budget", int(s.budget), "search.budget", "trials")), str(s.strategy)
+    if strategy == "climb":
+        rounds = [m for m in split_budget(budget, [float(v) for v in s.proportions]) if m > 0]
+        led.use("search rounds", rounds, "search.proportions (climb)", "trials")
+    else:
+        rounds = [budget - 1, 1] if strategy == "regmix" else [budget]
+        led.use("search rounds", rounds, f"search.strategy={strategy}", "trials")
+    refs = len(list(s.get("references") or []))
+    if refs:
+        rounds.append(int(led.use("reference trials", refs, "search.references (outside the budget)", "trials")))
+    dims = dims_of(p.model, x.vocab)
+    seq = int(p.seq_len)
+    fpt = train_flops(dims, seq)
+    led.use("proxy matmul params", matmul_params(dims), f"proxy={p.get('name')} (proxy.model): {dims_text(dims)}")
+    trained = num_steps(p) * int(p.batch_size) * seq
+    led.use("proxy tokens a trial", trained, "proxy.tokens, rounded up to whole steps of batch_size x seq_len")
+    led.use("proxy FLOP a token", fpt, f"climb_hpc.estimate.train_flops_per_token at proxy.seq_len={seq}", "FLOP")
+    # held-out docs: proxy.holdout_fraction of the corpus, at most target.max_tokens of them scored
+    heldout = min(int(t.max_tokens), float(p.holdout_fraction) * x.tokens)
+    kind = str(t.kind)
+    if kind == "mc":
+        evals = int(t.max_items) * float(cfg.plan.mc_tokens_per_item) + (heldout if t.cluster_losses else 0)
+        src = "target.max_items x plan.mc_tokens_per_item (+ held-out cluster losses)"
+    else:
+        extra = kind != "heldout" and t.cluster_losses
+        evals = (heldout if kind == "heldout" else int(t.max_tokens)) + (heldout if extra else 0)
+        src = ("min(target.max_tokens, proxy.holdout_fraction x corpus tokens)" if kind == "heldout" else
+               "target.max_tokens" + (" + held-out cluster losses" if extra else ""))
+    led.use("eval tokens a trial", evals, src)
+    per_trial = fpt * trained + fpt / 3 * evals
+    return Work("proxy training", rounds, flop=per_trial * sum(rounds), model=True, task_stage="proxy/plan")
+
+
+STAGE = DriverStage(name=NAME, drive=drive, resources=lambda cfg: Resources.from_config(cfg.proxy),
+                    reads=lambda cfg: ("tokenize",), outputs=outputs, estimate=estimate)
