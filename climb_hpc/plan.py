@@ -136,7 +136,7 @@ def hardware(cfg: DictConfig, profile: str, led: Ledger) -> Hardware:
     entry = OmegaConf.select(cfg, f"plan.hardware.{profile}")
     example = (f"'+plan.hardware.{profile}={{nodes: 4, gpus: 8, cpus: 64, mem_gb: 1024, gpu: A100 SXM, "
                f"peak_tflops: 312}}'")
-    executor = str(cfg.cluster.get("executor") or "slurm")
+    executor = str(cfg.cluster.executor)
     if entry is None and executor in LOCAL_EXECUTORS:
         return this_machine(cfg, profile, executor, led)
     if entry is None:
@@ -192,7 +192,7 @@ def builtin_corpus(cfg: DictConfig, led: Ledger) -> tuple[float, float, float]:
     """(tokens, docs, tokens a doc) of the built-in demo corpus: corpus.builtin.docs_per_domain a domain."""
     from climb_hpc.corpus.builtin import DOMAINS
 
-    per_domain = int((cfg.corpus.get("builtin") or {}).get("docs_per_domain") or 400)
+    per_domain = int(cfg.corpus.builtin.docs_per_domain)
     docs = led.use("corpus docs", len(DOMAINS) * per_domain,
                    f"the built-in corpus (corpus.paths is empty): {len(DOMAINS)} domains x corpus.builtin.docs_per_domain")
     tpd = led.use("tokens a doc", float(cfg.plan.builtin.tokens_per_doc), "plan.builtin.tokens_per_doc")
@@ -231,9 +231,9 @@ def corpus_size(cfg: DictConfig, led: Ledger) -> tuple[float, float, float]:
 def is_builtin(cfg: DictConfig) -> bool:
     """Whether the plan is for the built-in demo corpus: no corpus.paths and no plan.corpus_* (a CPU profile only:
     a cluster is planned for a corpus size given)."""
-    executor = str(cfg.cluster.get("executor") or "slurm")
-    return (executor in LOCAL_EXECUTORS and not cfg.corpus.get("paths") and cfg.plan.get("corpus_tokens") is None
-            and cfg.plan.get("corpus_docs") is None)
+    executor = str(cfg.cluster.executor)
+    return (executor in LOCAL_EXECUTORS and not cfg.corpus.paths and cfg.plan.corpus_tokens is None
+            and cfg.plan.corpus_docs is None)
 
 
 def vocab_size(cfg: DictConfig, led: Ledger) -> int:
