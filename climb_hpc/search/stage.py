@@ -206,6 +206,7 @@ def load_result(rd: RunDir) -> dict[str, Any]:
 
 def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
     """Proxy trials, each round one array (``proxy/<group>``): (training + evaluation) FLOP a trial x trials."""
+    from climb_hpc.proxy.stage import ROOT as PROXY
     from climb_hpc.proxy.train import num_steps
     from climb_hpc.search.strategies import split_budget
 
@@ -240,7 +241,7 @@ def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
                "target.max_tokens" + (" + held-out cluster losses" if extra else ""))
     led.use("eval tokens a trial", evals, src)
     per_trial = fpt * trained + fpt / 3 * evals
-    return Work("proxy training", rounds, flop=per_trial * sum(rounds), model=True, task_stage="proxy/plan")
+    return Work("proxy training", rounds, flop=per_trial * sum(rounds), model=True, task_stage=f"{PROXY}/plan")
 
 
 STAGE = DriverStage(name=NAME, drive=drive, resources=lambda cfg: Resources.from_config(cfg.proxy),
