@@ -106,6 +106,10 @@ def compose_for_run(overrides: Sequence[str] = ()) -> DictConfig:
     merged = rd.load_config()
     OmegaConf.set_struct(merged, True)  # force_add below: a key given now that the saved config lacks (an open map's)
     given = {o.key_or_group.lstrip("~") for o in _parse(overrides)} | set(PER_LAUNCH_KEYS) | {"run_dir"}
+    for group in sorted(g for g in given & _config_groups() if OmegaConf.select(cfg, g, default=None) is None):
+        # a group of package _global_ (experiment=) has no key of its own: the keys it sets are the ones given
+        given.discard(group)
+        given |= set(differing_keys(compose([o for o in overrides if o.partition("=")[0] != group]), cfg))
     for key in sorted(given):
         value = OmegaConf.select(cfg, key, default=None)
         OmegaConf.update(merged, key, value, merge=False, force_add=True)
