@@ -164,6 +164,7 @@ def test_correct_from_a_given_teacher_on_jsonl_data(mixed, corrected, tmp_path):
     jsonl.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
     cfg = clone_run(mixed, tmp_path / "run", "cluster=debug", STAGES, *MIX, *TEACHER,
                     f"minitron.teacher.path={corrected / 'teacher_base'}", f"minitron.correct.data={jsonl}",
+                    "minitron.correct.lr=3e-3",  # a given teacher's LR is given (no fallback to the tiny teacher's)
                     "minitron.correct.text_field=body", "minitron.correct.val_tokens=1000", "until=correct")
     run = Path(cfg.run_dir)
     run_pipeline(cfg)
