@@ -104,7 +104,8 @@ def _with(order: list[str], need: str, before: str) -> list[str]:
 def check_config(cfg: DictConfig) -> list[str]:
     """Everything about the config that can be checked before the run folder is touched: values, the stage
     list, every stage's resources (and, on Slurm, its sbatch options). Returns the stages to run."""
-    from climb_hpc.validate import check_given_teacher, check_input_paths, validate
+    from climb_hpc.minitron.presets import check_given_teacher
+    from climb_hpc.validate import check_input_paths, validate
 
     validate(cfg)
     names = stage_names(cfg)
