@@ -104,12 +104,14 @@ def _with(order: list[str], need: str, before: str) -> list[str]:
 def check_config(cfg: DictConfig) -> list[str]:
     """Everything about the config that can be checked before the run folder is touched: values, the stage
     list, every stage's resources (and, on Slurm, its sbatch options). Returns the stages to run."""
+    from climb_hpc.corpus.identity import check as check_tokenizers
     from climb_hpc.validate import check_input_paths, validate
 
     validate(cfg)
     names = stage_names(cfg)
     check_order(cfg, names)
     check_input_paths(cfg, names)
+    check_tokenizers(cfg)  # the run's tokenizer is the given checkpoints' (climb_hpc/corpus/identity.py)
     for name in names:
         stage = get_stage(name)
         res = stage_resources(cfg, stage)
