@@ -84,14 +84,19 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(tmp_path: Path) -> None:
         check_config(make_cfg(tmp_path / "run", *MINITRON, f"minitron.teacher.path={bare}"))
 
 
-def test_a_run_folder_tokenized_with_its_own_bpe_refuses_a_teacher(tmp_path: Path, ckpts) -> None:
-    from climb_hpc.corpus.tokenize import plan_path
+def test_a_run_folder_tokenized_with_another_tokenizer_refuses_a_teacher(tmp_path: Path, ckpts) -> None:
+    """Tokenized with a BPE of its own: a teacher trained on that BPE passes, another one is refused."""
+    import shutil
+
+    from climb_hpc.corpus.tokenize import plan_path, tokenizer_dir
     from climb_hpc.pipeline import open_run
 
     run = tmp_path / "run"
     rd = open_run(make_cfg(run, *MINITRON))
     atomic_write_json(plan_path(rd), {"settings": {"tokenizer": None}, "tasks": []})
-    with pytest.raises(ConfigError, match="BPE trained on it"):
+    shutil.copytree(ckpts["c"], tokenizer_dir(rd))  # the run's own BPE
+    check_config(make_cfg(run, *MINITRON, f"minitron.teacher.path={ckpts['c']}"))
+    with pytest.raises(ConfigError, match="tokenized its corpus with a BPE trained on it"):
         check_config(make_cfg(run, *MINITRON, f"minitron.teacher.path={ckpts['a']}"))
 
 

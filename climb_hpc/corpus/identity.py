@@ -75,8 +75,8 @@ def check(cfg: DictConfig) -> None:
 
 
 def _check_run_folder(cfg: DictConfig, ref_key: str, ref: dict[str, Any]) -> None:
-    """A run folder whose corpus is already tokenized must have used the same tokenizer."""
-    from climb_hpc.corpus.tokenize import plan_path
+    """A run folder whose corpus is already tokenized must have used a tokenizer with the same ids."""
+    from climb_hpc.corpus.tokenize import plan_path, tokenizer_dir
     from climb_hpc.corpus.tokenizer import identity, identity_text
     from climb_hpc.rundir import RunDir, read_json
 
@@ -85,9 +85,12 @@ def _check_run_folder(cfg: DictConfig, ref_key: str, ref: dict[str, Any]) -> Non
     if plan is None:
         return
     source = plan["settings"].get("tokenizer")
-    if source is None:
-        raise ConfigError(f"{rd.path} tokenized its corpus with a BPE trained on it, but {ref_key} needs its own "
-                          f"tokenizer ({identity_text(ref)}): start a new run_dir= (the token stores differ)")
-    if Path(source).is_dir() and (Path(source) / "tokenizer.json").is_file() and identity(source) != ref:
-        raise ConfigError(f"{rd.path} tokenized its corpus with {source} ({identity_text(identity(source))}), not "
-                          f"{ref_key}'s tokenizer ({identity_text(ref)}): start a new run_dir=")
+    used = Path(source) if source and (Path(source) / "tokenizer.json").is_file() else tokenizer_dir(rd)
+    if not (used / "tokenizer.json").is_file():
+        return  # not made yet: tokenize's own plan check refuses other settings
+    ident = identity(used)
+    if ident != ref:
+        what = source or "a BPE trained on it"
+        raise ConfigError(f"{rd.path} tokenized its corpus with {what} ({identity_text(ident)}), not with "
+                          f"{ref_key}'s tokenizer ({identity_text(ref)}): its token stores would mean other tokens "
+                          "to the model. Start a new run_dir=")
