@@ -104,6 +104,7 @@ def _with(order: list[str], need: str, before: str) -> list[str]:
 def check_config(cfg: DictConfig) -> list[str]:
     """Everything about the config that can be checked before the run folder is touched: values, the stage
     list, every stage's resources (and, on Slurm, its sbatch options). Returns the stages to run."""
+    from climb_hpc.corpus.identity import check as check_tokenizers
     from climb_hpc.minitron.presets import check_given_teacher
     from climb_hpc.validate import check_input_paths, validate
 
@@ -112,6 +113,7 @@ def check_config(cfg: DictConfig) -> list[str]:
     check_order(cfg, names)
     check_input_paths(cfg, names)
     check_given_teacher(cfg, names)
+    check_tokenizers(cfg)  # the run's tokenizer is the given checkpoints' (climb_hpc/corpus/identity.py)
     for name in names:
         stage = get_stage(name)
         res = stage_resources(cfg, stage)

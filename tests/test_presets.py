@@ -90,7 +90,9 @@ def test_the_experiment_selects_the_presets_and_the_climb_search():
     assert cfg.cluster.stage_resources.distill.nodes == 32  # the cluster profile's, untouched
     assert cfg.clusters.kmeans.k_init == 1000
     assert split_budget(cfg.search.budget, list(cfg.search.proportions)) == [64, 32, 16]
-    assert cfg.tokenize.tokenizer == "/models/llama"  # the teacher's tokenizer
+    from climb_hpc.corpus.identity import run_tokenizer
+
+    assert run_tokenizer(cfg) == "/models/llama"  # the teacher's tokenizer
     assert cfg.mix.tokens >= cfg.minitron.correct.tokens
     # a group given on the command line wins over the experiment's choice
     other = compose(["experiment=climb_minitron_paper", "minitron=mistral_nemo_12b_to_8b"])
@@ -125,8 +127,10 @@ def test_resuming_with_the_experiment_applies_its_keys(tmp_path):
 
 @pytest.fixture
 def teacher(tmp_path) -> Path:
+    from climb_hpc.corpus.tokenizer import save_trained, train_bpe
+
     t = tmp_path / "llama-3.1-8b"
-    t.mkdir()
+    save_trained(train_bpe([f"a stand-in teacher's tokenizer {i}" for i in range(50)], 300, 1), t)  # its own
     (t / "config.json").write_text("{}")
     return t
 

@@ -117,6 +117,12 @@ def summary_path(rd: RunDir) -> Path:
     return outputs(rd).summary
 
 
+def data_tokenizer(rd: RunDir) -> dict[str, Any]:
+    """``{vocab_size, fingerprint}`` of the tokenizer this run's token stores are in (what a mixture searched on
+    them carries, so that applying it to data of another tokenizer can be noticed)."""
+    return tk.identity(tokenizer_dir(rd))
+
+
 def doc_clusters_path(rd: RunDir) -> Path:
     from climb_hpc.clusters.refine import doc_clusters_path
 
@@ -143,9 +149,10 @@ def _t(cfg: DictConfig) -> DictConfig:
 
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
+    from climb_hpc.corpus.identity import run_tokenizer
+
     t = _t(cfg)
-    path = t.get("tokenizer")
-    return {"tokenizer": str(Path(str(path)).expanduser().resolve()) if path else None,
+    return {"tokenizer": run_tokenizer(cfg),  # the given checkpoint's when tokenize.tokenizer is unset
             "vocab_size": int(t.vocab_size), "min_frequency": int(t.min_frequency),
             "train_sample_docs": int(t.train_sample_docs), "seed": int(cfg.seed)}
 

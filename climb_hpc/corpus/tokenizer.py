@@ -64,13 +64,34 @@ def load_fast(directory: Union[str, os.PathLike]) -> Any:
 
 
 def describe(directory: Union[str, os.PathLike]) -> dict[str, Any]:
-    """vocab size (added tokens included), the EOS id and the token dtype of a saved tokenizer."""
+    """vocab size (added tokens included), the EOS id, the token dtype and the vocabulary's fingerprint of a
+    saved tokenizer."""
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     vocab = len(hf)
     return {"vocab_size": vocab, "eos_token": hf.eos_token, "eos_id": int(hf.eos_token_id),
-            "dtype": token_dtype(vocab)}
+            "dtype": token_dtype(vocab), "fingerprint": identity(directory)["fingerprint"]}
+
+
+def identity(directory: Union[str, os.PathLike]) -> dict[str, Any]:
+    """``{"vocab_size", "fingerprint"}`` of the tokenizer in a folder (its ``tokenizer.json``): the fingerprint
+    is a sha256 of every (id, token) pair, added tokens included, so two tokenizers that map any text to other
+    ids differ in it. A folder without ``tokenizer.json`` raises FileNotFoundError."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    f = Path(directory) / "tokenizer.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{directory} holds no tokenizer.json (an HF fast tokenizer)")
+    vocab = Tokenizer.from_file(str(f)).get_vocab(with_added_tokens=True)
+    digest = hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in sorted(vocab.items(), key=lambda kv: kv[1])).encode())
+    return {"vocab_size": len(vocab), "fingerprint": "sha256:" + digest.hexdigest()[:16]}
+
+
+def identity_text(ident: dict[str, Any]) -> str:
+    return f"vocabulary {ident['vocab_size']:,}, {ident['fingerprint']}"
 
 
 def token_dtype(vocab_size: int) -> str:

@@ -16,10 +16,11 @@ document in one seeded shuffled order::
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
 
 NAME = "mix"
+log = logging.getLogger("climb_hpc")
 INDEX = pa.schema([("id", pa.string()), ("cluster", pa.int64()), ("epoch", pa.int64()), ("offset", pa.int64()),
                    ("n_tokens", pa.int64())])
 
@@ -79,26 +81,51 @@ def _m(cfg: DictConfig) -> DictConfig:
     return section(cfg, "mix")
 
 
-def chosen_weights(cfg: DictConfig, rd: RunDir) -> tuple[dict[int, float], str]:
-    """(cluster -> weight, where it came from): ``mix.weights`` if set, else the search's best measured."""
+def chosen_weights(cfg: DictConfig, rd: RunDir) -> tuple[dict[int, float], str, Optional[dict[str, Any]]]:
+    """(cluster -> weight, where it came from, the tokenizer they were searched with when known):
+    ``mix.weights`` if set, else ``mix.weights_from`` (another run's mixture.json or search/result.json), else
+    this run's search's best measured mixture."""
     from climb_hpc.proxy.sampler import normalize_weights
 
-    given = _m(cfg).get("weights")
-    if given:
-        return normalize_weights(OmegaConf.to_container(given) if isinstance(given, DictConfig) else given), "config"
+    m = _m(cfg)
+    if m.weights:
+        given = m.weights
+        return normalize_weights(OmegaConf.to_container(given) if isinstance(given, DictConfig) else given), "config", None
+    if m.weights_from:
+        path = Path(str(m.weights_from)).expanduser().resolve()
+        doc = read_json(path)
+        weights = (doc or {}).get("best", {}).get("weights") if "best" in (doc or {}) else (doc or {}).get("weights")
+        if not isinstance(weights, dict) or not weights:
+            raise ConfigError(f"mix.weights_from={path}: no mixture weights there (expected a run's mixture.json "
+                              "or search/result.json)")
+        return normalize_weights(weights), str(path), doc.get("tokenizer")
     from climb_hpc.search.stage import outputs as search_outputs
 
     result = read_json(search_outputs(rd).result)
     if result is None:
         raise ConfigError("mix: no mixture: run the search stage first, or give one with mix.weights={0: 0.5, 3: 0.5}")
-    return normalize_weights(result["best"]["weights"]), "search"
+    return normalize_weights(result["best"]["weights"]), "search", result.get("tokenizer")
+
+
+def tokenizer_warning(searched: Optional[dict[str, Any]], data: dict[str, Any]) -> Optional[str]:
+    """A warning when the weights were searched on data of another tokenizer than the data they mix."""
+    from climb_hpc.corpus.tokenizer import identity_text
+
+    if searched is None or searched == data:
+        return None
+    return (f"the mixture weights were searched on data of another tokenizer ({identity_text(searched)}) than the "
+            f"data they mix ({identity_text(data)}): the clusters' token shares, and so the best weights, may differ")
 
 
 def plan(cfg: DictConfig, rd: RunDir) -> dict[str, Any]:
     """Tokens per cluster from the weights and ``mix.tokens``; written once to ``mixture.json``."""
-    from climb_hpc.corpus.tokenize import cluster_ids
+    from climb_hpc.corpus.tokenize import cluster_ids, data_tokenizer
 
-    weights, source = chosen_weights(cfg, rd)
+    weights, source, searched = chosen_weights(cfg, rd)
+    data = data_tokenizer(rd)
+    warning = tokenizer_warning(searched, data)
+    if warning:
+        log.warning("mix: %s", warning)
     unknown = sorted(set(weights) - set(cluster_ids(rd)))
     if unknown:
         raise ConfigError(f"mix: the mixture weights clusters {unknown} that this run does not have")
@@ -109,7 +136,8 @@ def plan(cfg: DictConfig, rd: RunDir) -> dict[str, Any]:
     want = exact_counts(np.array([weights[c] for c in clusters]), budget)
     p = {"weights": {str(c): weights[c] for c in sorted(weights)}, "source": source, "tokens": budget,
          "holdout_fraction": float(cfg.proxy.holdout_fraction), "seed": _seed(cfg),
-         "clusters": {str(c): {"tokens_target": int(t)} for c, t in zip(clusters, want, strict=True)}}
+         "clusters": {str(c): {"tokens_target": int(t)} for c, t in zip(clusters, want, strict=True)},
+         "tokenizer": data, **({"warnings": [warning]} if warning else {})}
     stored = read_json(mixture_path(rd))
     if stored is not None:
         same = {k: stored.get(k) for k in ("weights", "tokens", "holdout_fraction", "seed")}
@@ -138,8 +166,9 @@ def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
 
 
 def reads(cfg: DictConfig) -> tuple[str, ...]:
-    """The token stores, and the search's result unless ``mix.weights`` gives the mixture."""
-    return ("tokenize",) if _m(cfg).get("weights") else ("tokenize", "search")
+    """The token stores, and the search's result unless ``mix.weights`` / ``weights_from`` give the mixture."""
+    m = _m(cfg)
+    return ("tokenize",) if m.weights or m.weights_from else ("tokenize", "search")
 
 
 def select_docs(n_tokens: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

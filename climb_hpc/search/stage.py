@@ -155,6 +155,7 @@ def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
 
 def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, clusters: list[int], pool: np.ndarray,
                   trials: list[dict[str, Any]], result: Any, refs: dict[str, Any], ref_rows: list[dict]) -> None:
+    from climb_hpc.corpus.tokenize import data_tokenizer
     from climb_hpc.search.predictor import Predictor
 
     predicted = {rep.get("round"): rep.get("predicted") or [] for rep in result.reports}
@@ -173,6 +174,7 @@ def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, cl
         final_report = None
     doc = {
         "strategy": strategy, "direction": direction, "target": _plain(cfg.target), "budget": int(_s(cfg).budget),
+        "tokenizer": data_tokenizer(rd),
         "clusters": clusters, "token_shares": token_shares(rd, clusters).tolist(), "pool_size": len(pool),
         "trials": trials,
         "rounds": [{"round": rep.get("round"), **{k: v for k, v in rep.items() if k not in ("round", "predicted")}}
