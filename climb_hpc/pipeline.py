@@ -113,7 +113,7 @@ def check_config(cfg: DictConfig) -> list[str]:
     check_order(cfg, names)
     check_input_paths(cfg, names)
     check_given_teacher(cfg, names)
-    check_tokenizers(cfg)  # the run's tokenizer is the given checkpoints' (climb_hpc/corpus/identity.py)
+    check_tokenizers(cfg, names)  # the run's tokenizer is the given checkpoints' (climb_hpc/corpus/identity.py)
     for name in names:
         stage = get_stage(name)
         res = stage_resources(cfg, stage)

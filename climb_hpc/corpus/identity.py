@@ -22,9 +22,9 @@ CHECKPOINTS = (("minitron.teacher.path", "correct"), ("minitron.importance.model
                ("minitron.distill.student", "distill"))
 
 
-def given_checkpoints(cfg: DictConfig) -> list[tuple[str, Path]]:
-    """(key, folder) of every checkpoint the config gives to a stage this pipeline runs."""
-    stages = set(cfg.pipeline.stages)
+def given_checkpoints(cfg: DictConfig, stages: Optional[list[str]] = None) -> list[tuple[str, Path]]:
+    """(key, folder) of every checkpoint the config gives to a stage of ``stages`` (default: the pipeline's)."""
+    stages = set(cfg.pipeline.stages if stages is None else stages)
     out = []
     for key, stage in CHECKPOINTS:
         value = OmegaConf.select(cfg, key)
@@ -54,11 +54,12 @@ def _identity(key: str, folder: Path) -> dict[str, Any]:
                           "folder that holds it") from None
 
 
-def check(cfg: DictConfig) -> None:
-    """ConfigError, before anything runs, when a given checkpoint's tokenizer differs from the run's."""
+def check(cfg: DictConfig, names: list[str]) -> None:
+    """ConfigError, before anything runs, when the tokenizer of a checkpoint given to a stage of this launch
+    (``names``) differs from the run's."""
     from climb_hpc.corpus.tokenizer import identity_text
 
-    given = given_checkpoints(cfg)
+    given = given_checkpoints(cfg, names)
     if not given:
         return
     named = [("tokenize.tokenizer", Path(run_tokenizer(cfg) or ""))] if cfg.tokenize.tokenizer else []
