@@ -132,7 +132,10 @@ class Engine:
         self.every = int(s.get("ckpt_every") or 0)
         self.data = phase.data(self.steps * self.global_batch)
         torch.manual_seed(phase.seed)
-        self.module = Trainable(phase.build(), phase.objective.proj_to)
+        model = phase.build()
+        if s.get("activation_checkpointing"):  # each layer's input kept, the rest recomputed in the backward
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.module = Trainable(model, phase.objective.proj_to)
         self.opt = make_optimizer(self.module, s, ds.on_gpu(s))
         self.engine, *_ = deepspeed.initialize(model=self.module, optimizer=self.opt,
                                                config=ds.ds_config(s, self.world))
