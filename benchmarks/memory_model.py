@@ -10,6 +10,7 @@ runtime reserve: weights + gradients + activations + logits and loss buffers.
     .venv/bin/python benchmarks/memory_model.py                       # Llama-3.1-8B at full width, 2 layers, seq 512, bf16
     .venv/bin/python benchmarks/memory_model.py --dtype fp32 --layers 1
     .venv/bin/python benchmarks/memory_model.py --checkpointing       # HF gradient checkpointing on
+    python benchmarks/memory_model.py --device cuda --layers 8 --seq 8192   # on a GPU: the allocator's peak
 
 Full width (vocabulary 128,256, hidden 4096, MLP 14,336) holds 1.49e9 parameters at 2 layers: 6 GB of bf16 weights
 and gradients, 12 GB in fp32, so the fp32 run uses 1 layer to stay under 12 GiB. The goal: modelled / measured within
@@ -47,9 +48,15 @@ def child(spec: dict) -> dict:
     config = LlamaConfig(**spec["config"])
     config.use_cache = False
     ids = torch.randint(0, config.vocab_size, (spec["micro"], spec["seq"] + 1), generator=torch.Generator().manual_seed(0))
-    lm_loss(torch.zeros(1, 1, 8), torch.zeros(1, 2, dtype=torch.long)).item()  # the loss's kernels, before the baseline
-    base = _status_kb("VmRSS")
-    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    cuda = spec.get("device") == "cuda"
+    device = torch.device("cuda" if cuda else "cpu")
+    ids = ids.to(device)
+    lm_loss(torch.zeros(1, 1, 8, device=device), torch.zeros(1, 2, dtype=torch.long, device=device)).item()
+    base = 0 if cuda else _status_kb("VmRSS")  # the loss's kernels loaded before the baseline
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with device:
+        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
     if spec["checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -58,14 +65,18 @@ def child(spec: dict) -> dict:
         loss.backward()
         del loss
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if cuda:  # the caching allocator's peak of live tensors (the CUDA context and its slack are not tensors)
+        return {"params": params, "peak_bytes": torch.cuda.max_memory_allocated(), "base_bytes": 0}
     return {"params": params, "peak_bytes": (_status_kb("VmHWM") - base) * 1024, "base_bytes": base * 1024}
 
 
-def spec_of(config: dict, layers: int, seq: int, micro: int, dtype: str, checkpointing: bool, steps: int = 2) -> dict:
+def spec_of(config: dict, layers: int, seq: int, micro: int, dtype: str, checkpointing: bool, steps: int = 2,
+            device: str = "cpu") -> dict:
     keep = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
             "rms_norm_eps", "rope_theta", "tie_word_embeddings", "max_position_embeddings")
     conf = {k: config[k] for k in keep if k in config} | {"num_hidden_layers": layers}
-    return {"config": conf, "seq": seq, "micro": micro, "dtype": dtype, "checkpointing": checkpointing, "steps": steps}
+    return {"config": conf, "seq": seq, "micro": micro, "dtype": dtype, "checkpointing": checkpointing, "steps": steps,
+            "device": device}
 
 
 def measure(spec: dict, timeout: float = 1800) -> dict:
@@ -103,16 +114,20 @@ def main() -> int:
     ap.add_argument("--micro", type=int, default=1)
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the peak of torch.cuda.max_memory_allocated instead of the process's RSS")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(json.loads(a.child))))
         return 0
-    spec = spec_of(json.loads(Path(a.config).read_text()), a.layers, a.seq, a.micro, a.dtype, a.checkpointing)
+    spec = spec_of(json.loads(Path(a.config).read_text()), a.layers, a.seq, a.micro, a.dtype, a.checkpointing,
+                   device=a.device)
     r = compare(spec)
     print(f"{Path(a.config).parent.name}, {a.layers} layer(s), seq {a.seq}, micro {a.micro}, {a.dtype}, "
           f"checkpointing {'on' if a.checkpointing else 'off'}: {r['params']:,} parameters")
     print(f"  modelled  {r['modelled_gb']:.3f} GB  ({r['terms']})")
-    print(f"  measured  {r['measured_gb']:.3f} GB  (peak RSS above the baseline, 2 micro-steps)")
+    what = "torch.cuda.max_memory_allocated" if a.device == "cuda" else "peak RSS above the baseline"
+    print(f"  measured  {r['measured_gb']:.3f} GB  ({what}, 2 micro-steps)")
     print(f"  modelled / measured = {r['ratio']:.3f}  (goal 0.75 to 1.25)")
     return 0 if 0.75 <= r["ratio"] <= 1.25 else 1
 

@@ -236,3 +236,15 @@ def test_the_default_run_passes_on_this_machine():
     rows = preflight(compose([]), "local")
     assert not failures(rows), render(rows)
     assert {r.stage for r in rows if r.check.startswith("memory")} >= {"correct", "distill"}
+
+
+def test_a_resumed_run_is_checked_on_the_profile_it_was_saved_with(tmp_path):
+    from climb_hpc.config import compose_for_run
+    from climb_hpc.preflight import profile_for
+    from climb_hpc.rundir import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    RunDir(run).save_config(compose([f"cluster={PROFILE}", f"run_dir={run}"]))
+    assert profile_for([f"run_dir={run}"], compose_for_run([f"run_dir={run}"])) == PROFILE
+    assert profile_for([f"run_dir={tmp_path / 'new'}"], compose([f"run_dir={tmp_path / 'new'}"])) == "local"
