@@ -15,7 +15,8 @@ A rank of a DeepSpeed job (``correct``, ``distill``; ``engine.py``) holds at its
   input is kept, plus one layer's activations while it is recomputed;
 * **logits and loss buffers**: the ``[tokens, vocab]`` tensors the objective materialises (:data:`LOGIT_BUFFERS`);
 * **a frozen teacher** (``distill``): its weights only, bf16 on GPUs, sharded when ``teacher_zero3``, plus its
-  logits (counted in the distillation's logit buffers) and one layer's working set at a time (no gradients);
+  logits (counted in the distillation's logit buffers); its forward runs before the student's, so its working set
+  (one layer at a time, no gradients) is gone by the step's peak;
 * **runtime**: the CUDA context, NCCL's buffers and the caching allocator's slack (:data:`RUNTIME_GB`).
 
 ``tests/test_preflight.py`` checks the model against the measured peak of a real-width Llama on CPU
@@ -42,10 +43,11 @@ OPTIMIZER_BYTES = 12
 #: What the objective holds of ``[tokens, vocab]`` at its peak: (fp32 buffers, tensors in the model dtype), by
 #: objective. LM (``engine.lm_loss``): at the cross-entropy's backward the saved log-probs, their gradient and the
 #: logits' gradient, 3 fp32 (the model-dtype logits and their fp32 copy are freed by then; the forward's peak, logits
-#: + copy + log-probs, is lower). Distillation (``distill.kl_loss`` plus the LM term it always computes; not measured
-#: here): the student's and the teacher's logits, and 6 fp32: both log-probs, the KL's elementwise term, the LM term's
-#: log-probs and two gradients.
-LOGIT_BUFFERS = {"lm": (3, 0), "distill": (6, 2)}
+#: + copy + log-probs, is lower). Distillation (``distill.kl_loss`` plus the LM term it always computes): the student's
+#: and the teacher's logits and 5 fp32 (both log-probs, the KL's elementwise temporaries, the LM term's log-probs) at the
+#: loss's forward; this count was read off a measurement (one H200, docs/preflight.md), where a first count of 6 fp32
+#: plus the teacher's working set had over-estimated the peak by 9-15 %.
+LOGIT_BUFFERS = {"lm": (3, 0), "distill": (5, 2)}
 
 
 def elem_bytes(precision: str) -> int:
@@ -148,7 +150,6 @@ def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int
         te = e  # the teacher runs in the task's precision (distill.load_teacher)
         shard = max(1, int(ranks)) if teacher_zero3 else 1
         peak.terms["teacher weights"] = te * teacher.params / shard
-        peak.terms["teacher working set"] = tokens * layer_bytes(teacher, te)  # one layer at a time, no grad
         if teacher_zero3:
             peak.terms["teacher weights"] += te * min(ZERO3_LIVE, teacher.params)
     peak.terms["logits and loss"] = logits
