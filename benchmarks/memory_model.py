@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def child(spec: dict) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from climb_hpc.minitron.engine import lm_loss
+    from climb_hpc.minitron.engine import checkpoint_activations, lm_loss
 
     torch.set_num_threads(int(spec.get("threads") or 2))
     dtype = torch.bfloat16 if spec["dtype"] == "bf16" else torch.float32
@@ -58,7 +59,7 @@ def child(spec: dict) -> dict:
     with device:
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
     if spec["checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model)
     model.train()
     for _ in range(int(spec["steps"])):
         loss = lm_loss(model(input_ids=ids[:, :-1]).logits, ids)
@@ -81,8 +82,9 @@ def spec_of(config: dict, layers: int, seq: int, micro: int, dtype: str, checkpo
 
 def measure(spec: dict, timeout: float = 1800) -> dict:
     """Run :func:`child` in a fresh interpreter (its peak is its own)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)
+                       timeout=timeout, cwd=ROOT, env=env)  # this checkout's climb_hpc, whatever the venv installed
     if p.returncode:
         raise RuntimeError(f"the measuring process failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])

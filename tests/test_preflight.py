@@ -248,3 +248,38 @@ def test_a_resumed_run_is_checked_on_the_profile_it_was_saved_with(tmp_path):
     RunDir(run).save_config(compose([f"cluster={PROFILE}", f"run_dir={run}"]))
     assert profile_for([f"run_dir={run}"], compose_for_run([f"run_dir={run}"])) == PROFILE
     assert profile_for([f"run_dir={tmp_path / 'new'}"], compose([f"run_dir={tmp_path / 'new'}"])) == "local"
+
+
+def test_the_engine_honours_activation_checkpointing(tmp_path):
+    """minitron.<stage>.activation_checkpointing=true: the engine's model recomputes its layers in the backward (HF
+    gradient checkpointing) and trains to the same losses as without."""
+    import numpy as np
+    import torch
+
+    from climb_hpc.minitron import ds
+    from climb_hpc.minitron.correct import plain
+    from climb_hpc.minitron.data import PhaseData, TokenWindows, val_windows
+    from climb_hpc.minitron.engine import Engine, LMObjective, Phase
+    from climb_hpc.proxy.model import build_model
+
+    cfg = compose([])
+    section = plain(cfg.minitron.correct) | {"tokens": 3 * 16 * 32, "seq_len": 32, "lr": 1e-3, "ckpt_every": 0}
+    shape = plain(cfg.minitron.teacher.model) | {"num_hidden_layers": 2}
+    tokens = np.random.default_rng(0).integers(0, 256, 20_000)
+
+    def data(n: int) -> PhaseData:
+        return PhaseData(TokenWindows(tokens, 32, n, 0, end=18_000), val_windows(tokens[18_000:], 32), "random", 18_000)
+
+    losses, checkpointed = {}, {}
+    torch.set_num_threads(1)
+    with ds.distributed(section):
+        for on in (False, True):
+            phase = Phase(f"ac-{on}", section | {"activation_checkpointing": on}, tmp_path / f"w{on}", tmp_path / f"m{on}",
+                          lambda: build_model(shape, 256, 0, 32, 0), data, LMObjective(), 0)
+            phase.work.mkdir()
+            engine = Engine(phase)
+            engine.fit()
+            losses[on] = [h["loss"] for h in engine.history]
+            checkpointed[on] = any(getattr(m, "gradient_checkpointing", False) for m in engine.module.model.modules())
+    assert checkpointed == {False: False, True: True} and len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
