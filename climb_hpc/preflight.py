@@ -15,8 +15,8 @@ It composes the whole config and checks, for the stages that will run:
   check_config's);
 * where each Minitron task runs (the resources it was given reach its code: ``stage.task_config``);
 * each stage's time limit against its estimate (``climb_hpc.plan``: the same rule as the plan's warnings);
-* the peak memory a GPU of every GPU stage (``climb_hpc.minitron.memory``) against
-  ``plan.hardware.<profile>.gpu_mem_gb``, and a CPU stage's against its job's (or node's) memory.
+* the peak memory a GPU of every GPU stage (``climb_hpc.minitron.memory``: correct, distill, importance, the proxy
+  trials) against ``plan.hardware.<profile>.gpu_mem_gb``, and a CPU stage's against its job's (or node's) memory.
 
 :func:`preflight` returns one :class:`Check` a row; :func:`render` prints them as one table. A row is ok, failed
 (its message names the key to set), or not checked here (``ok`` None: what is missing to check it).
@@ -453,11 +453,9 @@ def memory_rows(cfg: DictConfig, names: list[str], hw: Any, ms: dict[str, Model]
                                  teacher_zero3=bool(s.get("teacher_zero3")), deepspeed=True, runtime=bool(res.gpus))
             advice = _memory_advice(name, s)
         elif name == "importance" and "teacher" in ms:
-            i = cfg.minitron.importance
-            peak = scoring_peak(ms["teacher"].dims, int(i.batch_size), int(i.seq_len))  # fp32 on the CPU (its code)
-            advice = "lower minitron.importance.batch_size or give the job more memory (cluster.stage_resources." \
-                     "importance.mem_gb)"
-            res = type(res)(**{**res.__dict__, "gpus": 0})  # it runs on the CPU whatever it requests
+            i = cfg.minitron.importance  # the teacher in fp32 (correct.load_hf) on the task's device
+            peak = scoring_peak(ms["teacher"].dims, int(i.batch_size), int(i.seq_len), runtime=bool(res.gpus))
+            advice = "lower minitron.importance.batch_size (the total work stays the same)"
         elif name == "search" and "proxy" in ms:
             p = cfg.proxy
             peak = training_peak(ms["proxy"].dims, int(p.micro_batch_size or p.batch_size), int(p.seq_len), "fp32", 0, 1,

@@ -71,8 +71,9 @@ def test_the_paper_setup_passes_on_dgx_h100_32n(paper):
     assert by[("prune", "student on meta")].value.startswith("4.51B params, 32 layers")  # Llama-3.1-Minitron-4B-Width
     assert by[("tokenize", "teacher's tokenizer")].ok  # the teacher's own 128,256 tokens
     assert by[("correct", "batch = micro x ranks x accum")].limit == "1 x 256 x k"
-    for stage in ("correct", "distill"):
+    for stage in ("correct", "distill", "importance", "search"):
         assert by[(stage, "memory a GPU")].ok and by[(stage, "memory a GPU")].limit == "80 GB"
+    for stage in ("correct", "distill"):
         assert by[(stage, "runs on")].value == "1 GPU a rank, bf16"
         assert by[(stage, "time limit")].ok
     # without plan.corpus_tokens the corpus-sized stages' time limits are not checked, and say what they need
@@ -151,6 +152,11 @@ def test_a_memory_overflow_fails(paper):
     assert float(row.value.split()[0]) > 80 and "minitron.correct.activation_checkpointing=true" in row.message
     # with checkpointing the activations fit, and ZeRO-3 shards the rest
     assert not failures(rows_of(*paper, "minitron.correct.zero_stage=1"))
+    # importance scores the teacher in fp32: 16 sequences of 4096 tokens' logits do not fit beside it
+    row = failed(rows_of(*paper, "minitron.importance.batch_size=16"), "importance", "memory a GPU")
+    assert "minitron.importance.batch_size" in row.message
+    # the proxies with the teacher's 128k vocabulary at 62m's own micro-batch (32 x 2048 tokens)
+    assert "proxy.micro_batch_size" in failed(rows_of(*paper, "proxy.micro_batch_size=32"), "search", "memory").message
 
 
 def test_zero_shards_the_model_state_by_stage():

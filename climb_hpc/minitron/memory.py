@@ -160,10 +160,13 @@ def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int
     return peak
 
 
-def scoring_peak(d: Dims, batch: int, seq: int, precision: str = "fp32") -> Peak:
-    """Forward passes without gradients (``importance``): the weights, one layer's working set, the logits and the
-    cross-entropy's log-probs."""
+def scoring_peak(d: Dims, batch: int, seq: int, precision: str = "fp32", runtime: bool = False) -> Peak:
+    """Forward passes without gradients (``importance``): the weights, one layer's working set (at most what a layer
+    saves for a backward), the logits and the cross-entropy's log-probs."""
     e, tokens = elem_bytes(precision), int(batch) * int(seq)
-    return Peak({"weights": e * d.params, "working set": tokens * layer_bytes(d, e),
+    peak = Peak({"weights": e * d.params, "working set": tokens * layer_bytes(d, e),
                  "logits and loss": tokens * d.vocab_size * (e + 4)},
                 [f"{precision}, no gradients, {batch} x {seq} tokens a forward"])
+    if runtime:
+        peak.terms["runtime"] = RUNTIME_GB * GB
+    return peak
