@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # this checkout's climb_hpc, whatever the venv installed
+    sys.path.insert(0, str(ROOT))
 CONFIG = ROOT.parent / "shared" / "data" / "model_configs" / "llama-3.1-8b" / "config.json"
 
 

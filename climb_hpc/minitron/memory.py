@@ -6,7 +6,8 @@ A rank of a DeepSpeed job (``correct``, ``distill``; ``engine.py``) holds at its
 * **model state**, with ``P`` parameters, ``e`` bytes an element of the model's precision (bf16 2, fp32 4) and ZeRO
   sharding over the ``R`` data-parallel ranks (arXiv 1910.02054, section 3): weights ``e P`` (stage 3: ``/ R``),
   gradients ``e P`` (stage 2 and 3: ``/ R``) and the optimizer's 12 bytes a parameter (fp32 master weights, AdamW's
-  two moments; stage 1, 2, 3: ``/ R``);
+  two moments; stage 1, 2, 3: ``/ R``), plus the fresh gradient of the largest parameter (the embedding or LM head,
+  ``e V h``) that autograd makes before it is accumulated or reduced;
 * **ZeRO buffers**, DeepSpeed's defaults (``ds.ds_config`` sets neither): the gradient reduce bucket
   (``reduce_bucket_size`` 5e8 elements) and, for stage 3, the gathered parameters (``stage3_max_live_parameters``
   1e9), each at most ``P`` elements;
@@ -137,6 +138,7 @@ def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int
     state = state_bytes(d.params, e, zero_stage, ranks, deepspeed)
     if not optimizer:
         state.pop("optimizer")
+    state["grad in flight"] = e * d.vocab_size * d.hidden_size  # the largest parameter's fresh gradient
     peak.terms.update(state)
     if deepspeed:
         z, p = int(zero_stage), d.params
