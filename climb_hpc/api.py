@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
@@ -29,14 +29,17 @@ class Pipeline:
     """A run folder and the config it runs with."""
 
     cfg: DictConfig
+    profile: Optional[str] = None  # the cluster profile, for preflight (None: the one cfg's job shapes match)
 
     @classmethod
     def from_overrides(cls, overrides: Sequence[str] = ()) -> Pipeline:
         """``key=value`` overrides as on the command line. For an existing run folder: its saved config,
         changed only at the keys given (see ``climb_hpc.config.compose_for_run``)."""
         from climb_hpc.config import compose_for_run
+        from climb_hpc.preflight import profile_for
 
-        return cls(compose_for_run(list(overrides)))
+        cfg = compose_for_run(list(overrides))
+        return cls(cfg, profile_for(list(overrides), cfg))
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Pipeline:
@@ -50,9 +53,13 @@ class Pipeline:
         return RunDir(self.cfg.run_dir).path
 
     def run(self) -> list[Any]:
-        """Run or resume every stage up to ``until``; returns one ``StageResult`` a stage."""
+        """Run or resume every stage up to ``until``, after preflight (unless ``preflight=skip``: a failing check
+        raises ``PreflightFailed`` before anything is written); returns one ``StageResult`` a stage."""
         from climb_hpc.pipeline import run_pipeline
+        from climb_hpc.preflight import gate, profile_for
 
+        if self.cfg.preflight == "run":
+            gate(self.cfg, self.profile or profile_for([], self.cfg))
         return run_pipeline(self.cfg)
 
     def status(self) -> list[dict]:

@@ -3,7 +3,12 @@
     climb-hpc run [run_dir=DIR] [until=STAGE] [cluster=local|debug|slurm|dgx_h100_32n] [key=value ...]
     climb-hpc status run_dir=DIR [format=json]
     climb-hpc plan cluster=PROFILE plan.corpus_tokens=1.2e12 [format=json] [key=value ...]
-        GPU-, core- and node-hours of every stage and the `scontrol create reservation` request to ask for
+        GPU-, core- and node-hours of every stage and the `scontrol create reservation` request to ask for,
+        with preflight's verdict
+    climb-hpc preflight [cluster=PROFILE] [format=json] [key=value ...]
+        rehearses every stage with no data and no GPU (models on the meta device, pruning targets, batch
+        arithmetic, sequence lengths, time limits, peak memory a GPU); rc 2 when a check fails. `run` runs it
+        first unless preflight=skip
     climb-hpc report run_dir=DIR [max_points=5000] [dpi=100] [top_trials=5]
         writes (refreshes) DIR/report.html, one self-contained page, and its PNGs in DIR/report/
     climb-hpc train-raters input=LABELLED.jsonl output=DIR [text_field=text] [epoch=25 lr=0.5 wordNgrams=2 ...]
@@ -41,6 +46,10 @@ def cmd_run(args: list[str]) -> int:
     from climb_hpc.pipeline import run_pipeline
 
     cfg = compose_for_run(args)
+    if cfg.preflight == "run":
+        from climb_hpc.preflight import gate, profile_for
+
+        gate(cfg, profile_for(args, cfg))
     t0 = time.time()
     results = run_pipeline(cfg)
     if cfg.get("dry_run"):
@@ -60,6 +69,26 @@ def cmd_run(args: list[str]) -> int:
     lines = summary_lines(cfg.run_dir)
     if lines:
         print("\n" + "\n".join(lines))
+    return 0
+
+
+def _format(args: list[str]) -> tuple[str, list[str]]:
+    """(``format=text|json``, the other arguments)."""
+    fmt = next((a.split("=", 1)[1] for a in args if a.startswith("format=")), "text")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"format={fmt}: choose text or json")
+    return fmt, [a for a in args if not a.startswith("format=")]
+
+
+def cmd_preflight(args: list[str]) -> int:
+    from climb_hpc.config import compose_for_run
+    from climb_hpc.preflight import dumps, preflight, profile_for, raise_on_failure, render
+
+    fmt, args = _format(args)
+    cfg = compose_for_run(args)
+    rows = preflight(cfg, profile_for(args, cfg))
+    print(dumps(rows) if fmt == "json" else render(rows))
+    raise_on_failure(rows)
     return 0
 
 
@@ -119,13 +148,17 @@ def cmd_plan(args: list[str]) -> int:
     from climb_hpc.config import compose
     from climb_hpc.plan import as_json, cluster_profile, make_plan, render
 
-    fmt = next((a.split("=", 1)[1] for a in args if a.startswith("format=")), "text")
-    if fmt not in ("text", "json"):
-        raise ConfigError(f"format={fmt}: choose text or json")
-    args = [a for a in args if not a.startswith("format=")]
+    fmt, args = _format(args)
+    from climb_hpc import preflight
+
     profile = cluster_profile(args)
-    plan = make_plan(compose(args), profile)
-    print(json.dumps(as_json(plan), indent=2) if fmt == "json" else render(plan))
+    cfg = compose(args)
+    plan = make_plan(cfg, profile)
+    rows = preflight.preflight(cfg, profile, plan)
+    if fmt == "json":
+        print(json.dumps({**as_json(plan), "preflight": preflight.as_json(rows)}, indent=2))
+    else:
+        print(render(plan, preflight.render(rows)))
     return 0
 
 
@@ -154,7 +187,7 @@ def cmd_train_raters(args: list[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan,
-            "train-raters": cmd_train_raters}
+            "preflight": cmd_preflight, "train-raters": cmd_train_raters}
 
 
 def main(argv: list[str] | None = None) -> int:

