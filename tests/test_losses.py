@@ -1,0 +1,84 @@
+"""The chunked losses equal the plain computation (value and gradients within 1e-5 in fp32), and never hold one
+sequence's whole logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from climb_hpc.minitron.losses import distill_sums, kl_loss, lm_loss, lm_loss_sum
+
+N, H, HT, V = 300, 48, 64, 1000  # a chunk of 64 leaves a partial last chunk (300 = 4 x 64 + 44)
+
+
+def _setup(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s_hidden = torch.randn(N, H, generator=g, dtype=torch.float64).float().requires_grad_()
+    s_head = torch.nn.Linear(H, V, bias=False)
+    with torch.no_grad():
+        s_head.weight.copy_(torch.randn(V, H, generator=g) * 0.2)
+    t_hidden = torch.randn(N, HT, generator=g)
+    t_head = torch.nn.Linear(HT, V, bias=False).requires_grad_(False)
+    with torch.no_grad():
+        t_head.weight.copy_(torch.randn(V, HT, generator=g) * 0.2)
+    y = torch.randint(0, V, (N,), generator=g)
+    return s_hidden, s_head, t_hidden, t_head, y
+
+
+def _grads(loss: torch.Tensor, *ts: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, ts))
+
+
+@pytest.mark.parametrize("chunk", [64, 299, 1])
+def test_chunked_cross_entropy_equals_the_plain_one_with_gradients(chunk):
+    h, head, _, _, y = _setup()
+    plain = F.cross_entropy(head(h), y)
+    want = _grads(plain, h, head.weight)
+    got_loss = lm_loss(h, head, y, chunk)
+    got = _grads(got_loss, h, head.weight)
+    torch.testing.assert_close(got_loss, plain, atol=1e-5, rtol=1e-6)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_chunked_distillation_equals_kl_plus_lm_on_whole_logits(temperature):
+    h, head, th, t_head, y = _setup(1)
+    n = y.numel()
+    plain = kl_loss(head(h), t_head(th), temperature) + 0.3 * F.cross_entropy(head(h), y)
+    want = _grads(plain, h, head.weight)
+    kl, ce = distill_sums(h, head, th, t_head, y, temperature, chunk=64)
+    got_loss = kl / n * temperature ** 2 + 0.3 * ce / n
+    got = _grads(got_loss, h, head.weight)
+    torch.testing.assert_close(got_loss, plain, atol=1e-5, rtol=1e-6)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert t_head.weight.grad is None  # the teacher stays frozen
+
+
+def test_no_whole_logits_are_saved_for_the_backward():
+    """Every tensor autograd keeps for the chunked loss is at most a chunk's logits; the plain loss keeps N x V."""
+    h, head, th, t_head, y = _setup(2)
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = lm_loss_sum(h, head, y, 64) + distill_sums(h, head, th, t_head, y, 1.0, 64)[0]
+    loss.backward()
+    assert max(saved) < N * V / 4, saved  # the chunks' inputs and the head weight, no [N, V] tensor
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.cross_entropy(head(h), y)
+    assert max(saved) >= N * V  # the check itself would see whole logits
+
+
+def test_no_grad_runs_without_checkpointing_and_gives_the_same_value():
+    h, head, _, _, y = _setup(3)
+    with torch.no_grad():
+        a = lm_loss_sum(h, head, y, 50)
+        b = F.cross_entropy(head(h), y, reduction="sum")
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-6)
