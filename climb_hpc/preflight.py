@@ -429,6 +429,8 @@ def time_rows(cfg: DictConfig, names: list[str], profile: str, plan: Any = None,
 
 
 def _memory_advice(name: str, s: dict[str, Any]) -> str:
+    if not s.get("loss_chunk_tokens"):
+        return f"set minitron.{name}.loss_chunk_tokens=1024"
     if not s.get("activation_checkpointing"):
         return f"set minitron.{name}.activation_checkpointing=true"
     if int(s["zero_stage"]) < 3:
@@ -452,12 +454,14 @@ def memory_rows(cfg: DictConfig, names: list[str], hw: Any, ms: dict[str, Model]
                                  int(s["zero_stage"]), res.world_size, bool(s.get("activation_checkpointing")),
                                  "lm" if name == "correct" else "distill",
                                  teacher=ms["teacher"].dims if name == "distill" else None,
-                                 teacher_zero3=bool(s.get("teacher_zero3")), deepspeed=True, runtime=bool(res.gpus))
+                                 teacher_zero3=bool(s.get("teacher_zero3")), deepspeed=True, runtime=bool(res.gpus),
+                                 chunk=int(s.get("loss_chunk_tokens") or 0))
             advice = _memory_advice(name, s)
         elif name == "importance" and "teacher" in ms:
-            i = cfg.minitron.importance  # the teacher in fp32 (correct.load_hf) on the task's device
-            peak = scoring_peak(ms["teacher"].dims, int(i.batch_size), int(i.seq_len), runtime=bool(res.gpus))
-            advice = "lower minitron.importance.batch_size (the total work stays the same)"
+            i = cfg.minitron.importance  # the teacher in its planned precision (bf16 on GPUs) on the task's device
+            peak = scoring_peak(ms["teacher"].dims, int(i.micro_batch_size or i.batch_size), int(i.seq_len),
+                                planned_precision(i), runtime=bool(res.gpus), chunk=int(i.loss_chunk_tokens or 0))
+            advice = "lower minitron.importance.micro_batch_size (the scores and the total work stay the same)"
         elif name == "search" and "proxy" in ms:
             p = cfg.proxy
             peak = training_peak(ms["proxy"].dims, int(p.micro_batch_size or p.batch_size), int(p.seq_len), "fp32", 0, 1,

@@ -352,8 +352,11 @@ class ZeroPhase:
     zero3_persistence_threshold: int
     precision: str
     activation_checkpointing: bool
+    loss_chunk_tokens: int
     ckpt_every: int
     keep_checkpoint: bool
+    save_dtype: str
+    save_shard_gb: float
     nodes: int
     tasks_per_node: int
     cpus: int
@@ -382,6 +385,9 @@ class Importance:
     samples: int
     seq_len: int
     batch_size: int
+    micro_batch_size: Optional[int]
+    precision: str
+    loss_chunk_tokens: int
     drop: Optional[int]
     mc_path: Optional[str]
     mc_max_items: int

@@ -32,12 +32,13 @@ TEACHER = ("minitron.teacher.model.hidden_size=64", "minitron.teacher.model.inte
            "minitron.teacher.pretrain_tokens=40960", "minitron.teacher.pretrain_lr=3e-3",
            "minitron.correct.tokens=10240", "minitron.correct.seq_len=64", "minitron.correct.micro_batch_size=4",
            "minitron.correct.global_batch_size=8", "minitron.correct.val_tokens=4000", "minitron.correct.cpus=1",
-           "minitron.correct.ckpt_every=10", "minitron.correct.warmup=5")
+           "minitron.correct.ckpt_every=10", "minitron.correct.warmup=5",
+           "minitron.correct.loss_chunk_tokens=100")  # 4 x 64 tokens a micro-batch: chunks of 100, 100, 56
 STUDENT = ("minitron.distill.student_config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, "
            "num_attention_heads: 2, num_key_value_heads: 1, head_dim: 16}",
            "minitron.distill.seq_len=64", "minitron.distill.micro_batch_size=4", "minitron.distill.global_batch_size=8",
            "minitron.distill.val_tokens=4000", "minitron.distill.cpus=1", "minitron.distill.lr=3e-3",
-           "minitron.distill.temperature=2.0")
+           "minitron.distill.temperature=2.0", "minitron.distill.loss_chunk_tokens=100")
 #: 2 nodes x 1 rank, ZeRO-3 student and ZeRO-3 teacher: the srun path a 32-node job takes.
 #: 200 steps (~20-30 s): Slurm lets a killed step linger ~12 s, a shorter run could end before the requeue.
 TWO_NODES = ("minitron.distill.nodes=2", "minitron.distill.tasks_per_node=1", "minitron.distill.zero_stage=3",
@@ -178,8 +179,12 @@ def test_correct_from_a_given_teacher_on_jsonl_data(mixed, corrected, tmp_path):
 
 
 def test_saved_student_loads_and_gives_the_engine_logits(corrected, tmp_path):
-    """1 rank in-process, ZeRO-3 student + ZeRO-3 teacher + hidden-state loss: the HF checkpoint reproduces
-    the engine's logits, and the projection is not in it."""
+    """1 rank in-process, ZeRO-3 student (built sharded) + ZeRO-3 teacher + hidden-state loss, chunked losses: the
+    HF checkpoint is bf16 safetensors shards with an index, written a parameter at a time; it loads with
+    from_pretrained and reproduces the engine's logits (exactly when written in fp32), and the projection is not
+    in it."""
+    import json
+
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -189,24 +194,42 @@ def test_saved_student_loads_and_gives_the_engine_logits(corrected, tmp_path):
     cfg = clone_run(corrected, tmp_path / "run", "cluster=debug", STAGES, *MIX, *TEACHER, *STUDENT,
                     "minitron.distill.zero_stage=3", "minitron.distill.teacher_zero3=true",
                     "minitron.distill.hidden_weight=0.5", "minitron.distill.lm_weight=0.1",
-                    "minitron.distill.tokens=5120")
+                    "minitron.distill.tokens=5120", "minitron.distill.loss_chunk_tokens=100",
+                    "minitron.distill.save_shard_gb=0.00005")  # 50 kB shards
     rd = RunDir(cfg.run_dir)
     torch.set_num_threads(1)
     with ds.distributed(cfg.minitron.distill):
         phase = distill_phase(cfg, rd)
         phase.work.mkdir(parents=True, exist_ok=True)
         engine = Engine(phase)
+        assert all(hasattr(p, "ds_id") for p in engine.module.model.parameters())  # built by zero.Init
         m = engine.run()
         batch = torch.from_numpy(engine.data.val[:4, :-1].copy())
         want = engine.logits(batch)
-    hf = AutoModelForCausalLM.from_pretrained(str(rd.path / "student"))
+        ds.save_hf(engine.engine, tmp_path / "fp32", torch.float32, 1e9)
+    student = rd.path / "student"
+    index = json.loads((student / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((student / f).is_file() for f in shards)
+    assert json.loads((student / "config.json").read_text())["dtype"] == "bfloat16"
+    assert m["saved"]["dtype"] == "bfloat16" and m["saved"]["files"] == shards
+    saved: dict[str, torch.Tensor] = {}
+    for f in shards:
+        saved.update(load_file(str(student / f)))
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+    hf = AutoModelForCausalLM.from_pretrained(str(student))
+    assert hf.dtype == torch.bfloat16 and set(saved) <= set(hf.state_dict())
+    assert not any(k.startswith("proj") for k in saved)  # no projection
     with torch.no_grad():
-        got = hf(input_ids=batch).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    saved = set(load_file(str(rd.path / "student" / "model.safetensors")))
-    assert saved <= set(hf.state_dict()) and not any(k.startswith("proj") for k in saved)  # no projection
+        got = hf.float()(input_ids=batch).logits
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)  # bf16 weights
+    exact = AutoModelForCausalLM.from_pretrained(str(tmp_path / "fp32"))
+    assert exact.dtype == torch.float32 and (tmp_path / "fp32" / "model.safetensors").is_file()
+    with torch.no_grad():
+        torch.testing.assert_close(exact(input_ids=batch).logits, want, atol=1e-5, rtol=0)
     assert set(m["val_before"]) == {"hidden", "kl", "lm"} and m["val_after"]["hidden"] < m["val_before"]["hidden"]
     assert m["world_size"] == 1 and m["zero_stage"] == 3 and m["teacher_zero3"] is True
+    assert len(m["peak_memory_gb"]) == 1 and m["peak_memory_gb"][0] > 0
 
 
 # ---------------------------------------------------------------- 2 nodes on the real Slurm
@@ -295,3 +318,61 @@ def test_hand_launched_sbatch_on_two_nodes_requeues_on_preemption_and_matches(tw
     assert len(m["attempts"]) == 2 and m["attempts"][1] >= 20 and m["hosts"] == ["node1", "node2"]
     assert _digest_equal(run / "student", two_node_reference / "student")
     assert not (run / "_preempted" / "distill" / "00000").exists()
+
+
+# ---------------------------------------------------------------- importance: preempted on the real Slurm
+
+
+def _deep_teacher(mixed: Path, out: Path) -> Path:
+    """A 6-layer Llama on the run's vocabulary (random weights) with the run's tokenizer: 6 depth candidates."""
+    import shutil
+
+    from climb_hpc.corpus.tokenize import tokenizer_dir
+    from climb_hpc.minitron.correct import tokenizer_info
+    from climb_hpc.proxy.model import build_model
+
+    info = tokenizer_info(RunDir(mixed))
+    dims = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 6, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 32}
+    build_model(dims, info["vocab_size"], info["eos_id"], 64, 3).save_pretrained(str(out))
+    for f in tokenizer_dir(RunDir(mixed)).iterdir():
+        shutil.copy2(f, out / f.name)
+    return out
+
+
+IMPORTANCE = ("pipeline.stages=[ingest,refine,tokenize,mix,importance]", "minitron.importance.samples=384",
+              "minitron.importance.batch_size=64", "minitron.importance.micro_batch_size=32",
+              "minitron.importance.seq_len=64", "minitron.importance.loss_chunk_tokens=500",
+              "minitron.importance.drop=1", "minitron.importance.cpus=1")
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_importance_preempted_on_slurm_resumes_at_the_next_candidate(mixed, tmp_path):
+    """USR2 after the first depth candidate was saved: the task stops between pieces, is requeued, and the rerun
+    scores only the pieces still missing; the scores equal an uninterrupted in-process run's exactly."""
+    model = _deep_teacher(mixed, tmp_path / "teacher")
+    given = f"minitron.importance.model={model}"
+    ref = clone_run(mixed, tmp_path / "ref", "cluster=debug", *MIX, *IMPORTANCE, given)
+    run_pipeline(ref)
+    cfg = clone_run(mixed, tmp_path / "run", *SLURM, *MIX, *IMPORTANCE, given)
+    run = Path(cfg.run_dir)
+    progress = run / "importance" / "progress"
+    th = threading.Thread(target=run_pipeline, args=(cfg,))
+    th.start()
+    deadline = time.time() + 240
+    while not (progress / "depth_0000.pt").exists():
+        assert time.time() < deadline and th.is_alive(), "importance never saved its first depth candidate"
+        time.sleep(0.1)
+    job = read_json(run / "_jobs" / "importance.json")["0"]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    th.join(400)
+    assert not th.is_alive()
+    assert read_json(run / "_done" / "importance" / "00000")["restarts"] == 1
+    logs = "".join(p.read_text(errors="replace") for p in (run / "logs" / "importance").rglob("*") if p.is_file())
+    assert "importance: resuming after" in logs and "depth_0000" in logs.split("importance: resuming after")[1]
+    got = torch.load(run / "importance" / "importance.pt", weights_only=False)
+    want = torch.load(Path(ref.run_dir) / "importance" / "importance.pt", weights_only=False)
+    for k in ("mlp", "heads", "kv_groups", "channels", "block", "depth_loss"):
+        assert torch.equal(got[k], want[k]), k
+    assert got["base_loss"] == want["base_loss"] and len(got["depth_loss"]) == 6

@@ -153,9 +153,16 @@ def test_a_memory_overflow_fails(paper):
     assert float(row.value.split()[0]) > 80 and "minitron.correct.activation_checkpointing=true" in row.message
     # with checkpointing the activations fit, and ZeRO-3 shards the rest
     assert not failures(rows_of(*paper, "minitron.correct.zero_stage=1"))
-    # importance scores the teacher in fp32: 16 sequences of 4096 tokens' logits do not fit beside it
-    row = failed(rows_of(*paper, "minitron.importance.batch_size=16"), "importance", "memory a GPU")
-    assert "minitron.importance.batch_size" in row.message
+    # importance in fp32 with whole logits: 16 sequences of 4096 tokens' logits do not fit beside the teacher;
+    # in bf16 with the loss in chunks (the preset) the same 16 sequences a forward do
+    whole = ("minitron.importance.precision=fp32", "minitron.importance.loss_chunk_tokens=0")
+    row = failed(rows_of(*paper, *whole, "minitron.importance.micro_batch_size=16"), "importance", "memory a GPU")
+    assert "minitron.importance.micro_batch_size" in row.message
+    assert not failures(rows_of(*paper, "minitron.importance.micro_batch_size=16"))
+    # distillation without chunked losses: the advice names them first
+    rows = rows_of(*paper, "minitron.distill.loss_chunk_tokens=0", "minitron.distill.micro_batch_size=4",
+                   "minitron.distill.global_batch_size=1024")
+    assert "minitron.distill.loss_chunk_tokens=1024" in failed(rows, "distill", "memory a GPU").message
     # the proxies with the teacher's 128k vocabulary at 62m's own micro-batch (32 x 2048 tokens)
     assert "proxy.micro_batch_size" in failed(rows_of(*paper, "proxy.micro_batch_size=32"), "search", "memory").message
 
@@ -169,8 +176,11 @@ def test_zero_shards_the_model_state_by_stage():
     assert terms[3]["weights"] == 2 * p / r
     assert terms[1]["grads"] == 2 * p and terms[2]["grads"] == terms[3]["grads"] == 2 * p / r
     assert terms[0]["optimizer"] == 12 * p and terms[1]["optimizer"] == 12 * p / r
-    # the logits: the cross-entropy's 3 fp32 [tokens, vocab] buffers
+    # the logits: the cross-entropy's 3 fp32 [tokens, vocab] buffers; chunked, a chunk's buffers only
     assert terms[1]["logits and loss"] == 3 * 4 * 8192 * 128256
+    chunked = training_peak(d, 1, 8192, "bf16", 1, r, chunk=1024).terms
+    assert chunked["logits and loss"] == (3 * 4 + 2 * 2) * 1024 * 128256 < terms[1]["logits and loss"] / 5
+    assert chunked["hidden states"] == 8192 * 2 * 2 * 4096
     ckpt = training_peak(d, 1, 8192, "bf16", 3, r, checkpointing=True).terms["activations"]
     assert ckpt < terms[3]["activations"] / 10
 

@@ -76,15 +76,16 @@ def tokenizer_info(rd: RunDir) -> dict[str, Any]:
     return s
 
 
-def load_hf(path: str | Path) -> Any:
-    """An HF causal LM from a local folder, fp32, SDPA attention, no KV cache."""
+def load_hf(path: str | Path, dtype: Any = None) -> Any:
+    """An HF causal LM from a local folder, in ``dtype`` (default fp32; bf16 on GPUs: no fp32 copy is ever made),
+    SDPA attention, no KV cache. Inside ``ds.zero3_construction`` it is built and loaded sharded (zero.Init)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} is not an HF checkpoint (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32, attn_implementation="sdpa",
+    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype or torch.float32, attn_implementation="sdpa",
                                                  local_files_only=True)
     model.config.use_cache = False
     return model
@@ -114,6 +115,7 @@ def pretrain_phase(cfg: DictConfig, rd: RunDir) -> Phase:
 
 def correct_phase(cfg: DictConfig, rd: RunDir, teacher: Path) -> Phase:
     from climb_hpc.corpus.tokenize import tokenizer_dir
+    from climb_hpc.minitron import ds
     from climb_hpc.minitron.data import flat_data
     from climb_hpc.minitron.engine import LMObjective, Phase, phase_seed
 
@@ -123,7 +125,7 @@ def correct_phase(cfg: DictConfig, rd: RunDir, teacher: Path) -> Phase:
     seed = phase_seed(seed_of(cfg), NAME)
     return Phase(
         name=NAME, section={**s, "lr": peak * scale}, work=outputs(rd).dir, model_dir=outputs(rd).teacher,
-        build=lambda: load_hf(teacher),
+        build=lambda: load_hf(teacher, ds.model_dtype(s)),
         data=lambda n: flat_data(rd, s.get("data"), int(s["seq_len"]), n, seed, int(s["val_tokens"]),
                                  str(s["text_field"])),
         objective=LMObjective(), seed=seed, tokenizer_dir=tokenizer_dir(rd),

@@ -110,11 +110,14 @@ def _jsonl_tokens(rd: RunDir, path: Path, text_field: str) -> np.ndarray:
 
 def load_tokens(rd: RunDir, path: Optional[str], text_field: str = "text") -> tuple[np.ndarray, str]:
     """(flat token ids, a description): the mixed dataset when ``path`` is None, else a store or JSONL."""
-    if not path:
-        from climb_hpc.search.mix import load_mixed, mix_dir
+    if not path:  # the mixed dataset's tokens only: its document index is not needed here
+        from climb_hpc.search.mix import outputs as mix_outputs
 
-        tokens, _, _ = load_mixed(rd)
-        return tokens, str(mix_dir(rd) / "tokens.bin")
+        mix = mix_outputs(rd)
+        s = read_json(mix.summary)
+        if s is None:
+            raise FileNotFoundError(f"{mix.summary} is missing: the mix stage has not finished")
+        return np.memmap(mix.tokens, dtype=s["dtype"], mode="r"), str(mix.tokens)
     p = Path(path)
     if p.is_dir():
         s = read_json(p / "summary.json")

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from climb_hpc.estimate import Inputs, Ledger, Work, model_dims, train_flops, training_mem_gb
 from climb_hpc.minitron import PhaseFiles
 from climb_hpc.minitron.correct import _m, load_hf, plain, seed_of, tokenizer_info
-from climb_hpc.minitron.engine import Forward, lm_loss
+from climb_hpc.minitron.engine import Forward, Teacher
 from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
@@ -34,33 +33,24 @@ if TYPE_CHECKING:
 NAME = "distill"
 
 
-def kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(teacher || student) per token (mean over every position), scaled by T^2."""
-    t = float(temperature)
-    s = F.log_softmax(s_logits.float() / t, dim=-1).flatten(0, -2)
-    p = F.log_softmax(t_logits.float() / t, dim=-1).flatten(0, -2)
-    return F.kl_div(s, p, log_target=True, reduction="batchmean") * (t * t)
-
-
 class DistillObjective:
+    """KL(teacher || student) (+ LM, + hidden cosine): the teacher's last hidden states come from its decoder without
+    gradients; the student's ``Trainable`` turns both into the terms, chunk by chunk (``losses.distill_sums``)."""
+
     def __init__(self, teacher: Any, temperature: float, lm_weight: float, hidden_weight: float, teacher_hidden: int):
         self.teacher, self.t = teacher, float(temperature)
         self.lm_weight, self.hidden_weight = float(lm_weight), float(hidden_weight)
         self.proj_to: Optional[int] = int(teacher_hidden) if self.hidden_weight > 0 else None
 
-    def _terms(self, fwd: Forward, seqs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _terms(self, fwd: Forward, seqs: torch.Tensor, with_lm: bool) -> dict[str, torch.Tensor]:
         x = seqs[:, :-1]
+        model = self.teacher.module if hasattr(self.teacher, "module") else self.teacher  # a ZeRO-3 engine's module
         with torch.no_grad():
-            out = self.teacher(input_ids=x, output_hidden_states=self.proj_to is not None)
-        s_logits, s_proj = fwd(x)
-        terms = {"kl": kl_loss(s_logits, out.logits, self.t), "lm": lm_loss(s_logits, seqs)}
-        if s_proj is not None:
-            cos = F.cosine_similarity(s_proj.float(), out.hidden_states[-1].float(), dim=-1)
-            terms["hidden"] = 1.0 - cos.mean()
-        return terms
+            hidden = model.model(input_ids=x).last_hidden_state
+        return fwd(x, seqs[:, 1:], Teacher(hidden, model.get_output_embeddings()), self.t, with_lm)
 
     def loss(self, fwd: Forward, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = self._terms(fwd, seqs)
+        terms = self._terms(fwd, seqs, with_lm=True)  # the LM term is logged even at lm_weight 0 (same chunks)
         loss = terms["kl"]
         if self.lm_weight:
             loss = loss + self.lm_weight * terms["lm"]
@@ -70,7 +60,7 @@ class DistillObjective:
 
     def evaluate(self, fwd: Forward, seqs: torch.Tensor) -> dict[str, tuple[float, float]]:
         n = float(seqs[:, 1:].numel())
-        return {k: (float(v) * n, n) for k, v in self._terms(fwd, seqs).items()}
+        return {k: (float(v) * n, n) for k, v in self._terms(fwd, seqs, with_lm=True).items()}
 
 
 @dataclass(frozen=True)
@@ -126,22 +116,24 @@ def load_teacher(path: Path, s: dict[str, Any]) -> Any:
     """The frozen teacher in eval mode: a plain module, or a ZeRO-3 engine without optimizer."""
     from climb_hpc.minitron import ds
 
-    teacher = load_hf(path)
-    teacher.requires_grad_(False)
+    zero3 = ds.inference_config(s) if s.get("teacher_zero3") else None
+    with ds.zero3_construction(zero3):  # sharded as it is built and loaded: no rank holds the whole teacher
+        teacher = load_hf(path, ds.model_dtype(s))
+    teacher.requires_grad_(False)  # frozen: no gradients, no optimizer state
     teacher.eval()
-    if s.get("teacher_zero3"):
+    if zero3 is not None:
         import deepspeed
 
-        teacher, *_ = deepspeed.initialize(model=teacher, config=ds.inference_config(s))
+        teacher, *_ = deepspeed.initialize(model=teacher, config=zero3)
         teacher.eval()
     elif ds.on_gpu(s):
-        teacher = teacher.to(torch.device("cuda", torch.cuda.current_device()),
-                             dtype=torch.bfloat16 if ds.use_bf16(s) else torch.float32)
+        teacher = teacher.to(torch.device("cuda", torch.cuda.current_device()))
     return teacher
 
 
 def distill_phase(cfg: DictConfig, rd: RunDir) -> Phase:
     from climb_hpc.corpus.tokenize import tokenizer_dir
+    from climb_hpc.minitron import ds
     from climb_hpc.minitron.data import flat_data
     from climb_hpc.minitron.engine import Phase, phase_seed
     from climb_hpc.proxy.model import build_model
@@ -154,7 +146,7 @@ def distill_phase(cfg: DictConfig, rd: RunDir) -> Phase:
     kind, where = student_source(cfg, rd)
     if kind == "path":
         def build() -> Any:
-            return load_hf(where)
+            return load_hf(where, ds.model_dtype(s))
     else:
         info = tokenizer_info(rd)
 

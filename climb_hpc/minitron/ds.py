@@ -1,5 +1,5 @@
-"""DeepSpeed helpers: the CPU workarounds, the ZeRO config from our config, fp32 consolidation, and
-the cross-rank preemption vote.
+"""DeepSpeed helpers: the CPU workarounds, the ZeRO config from our config, sharded construction (zero.Init),
+the HF checkpoint written a parameter at a time, and the cross-rank preemption vote.
 
 On CPU DeepSpeed trains with gloo, but three traps need handling first (dep-probe NOTES §2):
 ``init_distributed`` JIT-compiles a shared-memory comm op (needs g++, +30 s), FusedAdam/CPUAdam are
@@ -10,11 +10,14 @@ needs the rendezvous variables set.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
+import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -95,6 +98,31 @@ def use_bf16(section: Mapping[str, Any]) -> bool:
     return planned_precision(section) == "bf16"
 
 
+def model_dtype(section: Mapping[str, Any]) -> torch.dtype:
+    """The dtype models are loaded in: bf16 when the phase trains in bf16 (DeepSpeed keeps the fp32 master weights in
+    its optimizer, sharded), else fp32."""
+    return torch.bfloat16 if use_bf16(section) else torch.float32
+
+
+@contextlib.contextmanager
+def zero3_construction(config: Optional[Mapping[str, Any]]) -> Iterator[None]:
+    """While open, HF's ``from_pretrained`` / ``from_config`` build a model partitioned across the ranks
+    (``deepspeed.zero.Init``) and load its weights into the shards, when ``config`` (a DeepSpeed config) is ZeRO-3:
+    no rank ever holds the whole model. Otherwise nothing changes. transformers reads the config through a global
+    weak reference (``HfDeepSpeedConfig``), dropped again on exit so that later loads in the process are plain."""
+    if not config or int(config.get("zero_optimization", {}).get("stage", 0)) != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep = HfDeepSpeedConfig(copy.deepcopy(dict(config)))
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del keep
+
+
 def grad_accumulation(section: Mapping[str, Any], world: int) -> int:
     micro, glob = int(section["micro_batch_size"]), int(section["global_batch_size"])
     if glob % (micro * world):
@@ -145,32 +173,75 @@ def inference_config(section: Mapping[str, Any]) -> dict[str, Any]:
             "steps_per_print": 2**62}
 
 
-def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor]:
-    """The full fp32 state dict of ``engine.module`` on rank 0 (empty elsewhere), for ZeRO 0-3.
-
-    Collective: every rank must call it. fp32 master weights come from the optimizer's partitions
-    (``safe_get_full_fp32_param``), else from the (gathered) parameters themselves. Tied parameters
-    map to one tensor under each of their names, as ``module.state_dict()`` has them."""
+def full_parameters(engine: Any, prefix: str = "") -> Iterator[tuple[str, Optional[torch.Tensor]]]:
+    """(name, full fp32 value on rank 0 / None elsewhere) of each parameter of ``engine.module`` under ``prefix``, one
+    at a time, for ZeRO 0-3: no rank ever holds more than one whole parameter. Collective: every rank must consume
+    it to the end. fp32 master weights come from the optimizer's partitions (``safe_get_full_fp32_param``), else
+    from the (gathered) parameter itself. Tied parameters come once, under their first name."""
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
-    module = engine.module
     zero3 = engine.zero_optimization_stage() == 3
-    full: dict[int, torch.Tensor] = {}
-    for _, p in module.named_parameters():
+    for name, p in engine.module.named_parameters():  # the same order on every rank
+        if not name.startswith(prefix):
+            continue
         has_master = hasattr(p, "_z3_optimizer") or hasattr(p, "_hp_mapping")
         value = safe_get_full_fp32_param(p) if has_master else None
         if value is None:
             ctx = deepspeed.zero.GatheredParameters([p], modifier_rank=None) if zero3 else contextlib.nullcontext()
             with ctx:
-                value = p.detach().clone()
-        full[id(p)] = value.detach().float().cpu().clone() if rank() == 0 else torch.empty(0)
-    if rank() != 0:
+                value = p.detach().float().cpu().clone() if rank() == 0 else None
+        yield name[len(prefix):], (value.detach().float().cpu() if rank() == 0 and value is not None else None)
+
+
+def save_hf(engine: Any, out: Optional[Path], dtype: torch.dtype, max_shard_bytes: float) -> dict[str, Any]:
+    """Write ``engine.module.model`` as an HF checkpoint into ``out`` (rank 0; collective): safetensors in ``dtype``,
+    a parameter at a time, split into shards of at most ``max_shard_bytes`` with ``model.safetensors.index.json``
+    (one shard: ``model.safetensors``, as ``save_pretrained`` names it), and config.json recording ``dtype``. No
+    second model is built. Returns {files, bytes, dtype} on rank 0."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size, total = 0, 0
+    for name, value in full_parameters(engine, "model."):
+        if value is None:
+            continue
+        t = value.to(dtype).contiguous()
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            assert out is not None
+            _write_shard(shards, out, save_file)
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+        total += t.nbytes
+    if rank() != 0 or out is None:
         return {}
-    out = {}
-    for k, v in module.state_dict(keep_vars=True).items():
-        out[k] = full[id(v)] if id(v) in full else v.detach().cpu().clone()
-    return out
+    _write_shard(shards, out, save_file)
+    n = len(shards)
+    weight_map: dict[str, str] = {}
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for i, final in enumerate(names):
+        (out / f"part-{i}.safetensors").rename(out / final)
+        weight_map.update({k: final for k in shards[i]})
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    model = engine.module.model
+    config = copy.deepcopy(model.config)
+    config.dtype = dtype
+    config.save_pretrained(str(out))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(out))
+    return {"files": names, "bytes": total, "dtype": str(dtype).replace("torch.", "")}
+
+
+def _write_shard(shards: list[dict[str, torch.Tensor]], out: Path, save_file: Any) -> None:
+    """Write the newest shard to ``part-<i>.safetensors`` and drop its tensors (their names stay for the index)."""
+    i = len(shards) - 1
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(shards[i], str(out / f"part-{i}.safetensors"), metadata={"format": "pt"})
+    shards[i] = {k: torch.empty(0) for k in shards[i]}
 
 
 def agree(flag: bool) -> bool:

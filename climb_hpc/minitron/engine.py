@@ -13,8 +13,12 @@ where to write. The engine:
   saves ``<work>/ckpt/step<N>`` on ALL ranks (DeepSpeed writes ``latest``), then raises ``Preempted``
   if that was the reason; a rerun loads ``latest`` and continues from its step, so a run resumed any
   number of times ends with exactly the weights of one never stopped (same world size and threads);
-* at the end consolidates fp32 weights on rank 0, writes them with ``save_pretrained`` (+ the run's
-  tokenizer) to ``model_dir``, and ``<work>/metrics.json`` LAST.
+* computes every loss from the final hidden states, a chunk of ``loss_chunk_tokens`` tokens at a time
+  (``losses.py``): no whole-sequence logits;
+* builds the model sharded under ZeRO-3 (``ds.zero3_construction``: ``zero.Init`` through ``HfDeepSpeedConfig``);
+* at the end writes the HF checkpoint a parameter at a time (``ds.save_hf``: ``save_dtype``, bf16 by default,
+  safetensors shards of ``save_shard_gb`` with an index, + the run's tokenizer) to ``model_dir``, and
+  ``<work>/metrics.json`` LAST (with each rank's peak memory).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 import numpy as np
 import torch
@@ -38,31 +42,62 @@ import torch.nn.functional as F
 from climb_hpc import preempt
 from climb_hpc.minitron import PhaseFiles, ds
 from climb_hpc.minitron.data import PhaseData, micro_batch
+from climb_hpc.minitron.losses import distill_sums, lm_loss_sum
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
 from climb_hpc.training import lr_at
 from climb_hpc.training import make_optimizer as adamw
 
 
+class Teacher(NamedTuple):
+    """What the student's loss needs of a frozen teacher: its last hidden states (after the final norm) and its head."""
+
+    hidden: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor]
+
+
 class Trainable(torch.nn.Module):
     """The HF model DeepSpeed trains, plus an optional learned projection of its last hidden state
-    (student width -> teacher width) for the hidden-state loss; only ``model`` is saved as HF."""
+    (student width -> teacher width) for the hidden-state loss; only ``model`` is saved as HF.
 
-    def __init__(self, model: torch.nn.Module, proj_to: Optional[int] = None):
+    Its forward returns the loss terms, computed from the final hidden states by the chunked losses
+    (``losses.py``, ``chunk`` tokens at a time): the whole sequence's logits never exist. The terms are computed
+    inside the module's forward, so that under ZeRO-3 every parameter they use is gathered by DeepSpeed's hooks as
+    in any forward."""
+
+    def __init__(self, model: torch.nn.Module, proj_to: Optional[int] = None, chunk: int = 0):
         super().__init__()
         self.model = model
         self.proj = torch.nn.Linear(model.config.hidden_size, proj_to, bias=False) if proj_to else None
+        self.chunk = int(chunk)
 
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        out = self.model(input_ids=input_ids, output_hidden_states=self.proj is not None)
-        return out.logits, (self.proj(out.hidden_states[-1]) if self.proj is not None else None)
+    def forward(self, input_ids: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                teacher: Optional[Teacher] = None, temperature: float = 1.0,
+                with_lm: bool = True) -> torch.Tensor | dict[str, torch.Tensor]:
+        """``targets`` None: the logits (small batches: tests, ``Engine.logits``). Else the mean loss terms a token:
+        ``lm``; with a ``teacher``, ``kl`` (x T^2), ``lm`` (0 unless ``with_lm``) and ``hidden`` (with a projection)."""
+        hidden = self.model.model(input_ids=input_ids).last_hidden_state
+        head = self.model.get_output_embeddings()
+        if targets is None:
+            return head(hidden)
+        n = targets.numel()
+        if teacher is None:
+            return {"lm": lm_loss_sum(hidden, head, targets, self.chunk) / n}
+        t = float(temperature)
+        kl, ce = distill_sums(hidden, head, teacher.hidden, teacher.head, targets, t, self.chunk, with_lm)
+        terms = {"kl": kl / n * (t * t), "lm": ce / n}
+        if self.proj is not None:
+            cos = F.cosine_similarity(self.proj(hidden).float(), teacher.hidden.float(), dim=-1)
+            terms["hidden"] = 1.0 - cos.mean()
+        return terms
 
 
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]
+Forward = Callable[..., Any]
 
 
 class Objective(Protocol):
     """What a phase minimises. ``loss`` -> (scalar to backprop, floats to log); ``evaluate`` ->
-    name -> (sum, count) over a validation batch, token-weighted means are taken across ranks."""
+    name -> (sum, count) over a validation batch, token-weighted means are taken across ranks.
+    ``fwd`` is the (DeepSpeed-wrapped) ``Trainable``."""
 
     proj_to: Optional[int]
 
@@ -72,7 +107,7 @@ class Objective(Protocol):
 
 
 def lm_loss(logits: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, averaged over tokens; ``logits`` are of ``seqs[:, :-1]``."""
+    """The plain reference: next-token cross-entropy from whole logits (of ``seqs[:, :-1]``), averaged over tokens."""
     return F.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten())
 
 
@@ -80,12 +115,12 @@ class LMObjective:
     proj_to = None
 
     def loss(self, fwd: Forward, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = lm_loss(fwd(seqs[:, :-1])[0], seqs)
+        loss = fwd(seqs[:, :-1], seqs[:, 1:])["lm"]
         return loss, {"lm": float(loss.detach())}
 
     def evaluate(self, fwd: Forward, seqs: torch.Tensor) -> dict[str, tuple[float, float]]:
         n = seqs[:, 1:].numel()
-        return {"lm": (float(lm_loss(fwd(seqs[:, :-1])[0], seqs)) * n, n)}
+        return {"lm": (float(fwd(seqs[:, :-1], seqs[:, 1:])["lm"]) * n, n)}
 
 
 @dataclass
@@ -142,13 +177,14 @@ class Engine:
         self.every = int(s.get("ckpt_every") or 0)
         self.data = phase.data(self.steps * self.global_batch)
         torch.manual_seed(phase.seed)
-        model = phase.build()
+        config = ds.ds_config(s, self.world)
+        with ds.zero3_construction(config):  # ZeRO-3: built and loaded sharded, no rank holds the whole model
+            model = phase.build()
+            self.module = Trainable(model, phase.objective.proj_to, int(s.get("loss_chunk_tokens") or 0))
         if s.get("activation_checkpointing"):
             checkpoint_activations(model)
-        self.module = Trainable(model, phase.objective.proj_to)
         self.opt = make_optimizer(self.module, s, ds.on_gpu(s))
-        self.engine, *_ = deepspeed.initialize(model=self.module, optimizer=self.opt,
-                                               config=ds.ds_config(s, self.world))
+        self.engine, *_ = deepspeed.initialize(model=self.module, optimizer=self.opt, config=config)
         self.device = self.engine.device
         self.step, self.history = 0, []
         self.train_s = 0.0
@@ -161,8 +197,8 @@ class Engine:
         self.hosts = hosts
 
     # ---------------------------------------------------------------- pieces
-    def _fwd(self, ids: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        return self.engine(ids)
+    def _fwd(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)
 
     def _batch(self, arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr).to(self.device)
@@ -171,7 +207,7 @@ class Engine:
         """The trained model's logits (eval mode, no grad); collective under ZeRO-3."""
         self.engine.eval()
         with torch.no_grad():
-            out = self._fwd(ids.to(self.device))[0].float().cpu()
+            out = self._fwd(ids.to(self.device)).float().cpu()
         self.engine.train()
         return out
 
@@ -282,34 +318,27 @@ class Engine:
             dist.all_reduce(t)
         return [float(x) / self.world for x in t.cpu()]
 
-    def consolidated_model(self) -> Optional[torch.nn.Module]:
-        """The trained HF model with full fp32 weights, on rank 0 (None elsewhere). Collective."""
-        from transformers import AutoModelForCausalLM
-
-        sd = ds.consolidated_state_dict(self.engine)
-        if self.rank != 0:
-            return None
-        config = self.module.model.config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-        model.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}, strict=True)
-        return model.eval()
-
     def finish(self) -> dict[str, Any]:
         """Validation after training, the HF checkpoint, then metrics.json (last). Returns the metrics."""
         import torch.distributed as dist
 
         phase, s = self.phase, self.phase.section
         after = self.validate()
-        self.final_model = self.consolidated_model()
+        dtype = SAVE_DTYPES[str(s.get("save_dtype") or "bf16")]
         metrics: dict[str, Any] = {}
+        shard_bytes = float(s.get("save_shard_gb") or 5.0) * 1e9
+        saved: dict[str, Any] = {}
         if self.rank == 0:
-            assert self.final_model is not None
             with atomic_path(phase.model_dir) as tmp:
-                self.final_model.save_pretrained(str(tmp))
+                saved = ds.save_hf(self.engine, tmp, dtype, shard_bytes)
                 if phase.tokenizer_dir is not None and phase.tokenizer_dir.is_dir():
                     for f in phase.tokenizer_dir.iterdir():
                         if f.is_file():
                             shutil.copy2(f, tmp / f.name)
+        else:
+            ds.save_hf(self.engine, None, dtype, shard_bytes)  # takes part in the gathers, writes nothing
+        peaks = self.peak_memory_gb()  # collective
+        if self.rank == 0:
             attempts = read_json(phase.work / "attempts.json", default=[0])
             tokens = self.steps * self.global_batch * int(s["seq_len"])
             metrics = {
@@ -321,7 +350,7 @@ class Engine:
                 "world_size": self.world, "hosts": self.hosts, "zero_stage": int(s["zero_stage"]),
                 "precision": "bf16" if ds.use_bf16(s) else "fp32", "device": str(self.device),
                 "threads": torch.get_num_threads(), "data": self.data.source, "attempts": attempts,
-                "resumed_at_step": attempts[-1] or None,
+                "resumed_at_step": attempts[-1] or None, "saved": saved, "peak_memory_gb": peaks,
                 "train_seconds": round(self.train_s, 3), "model_dir": str(phase.model_dir), **phase.info,
             }
             atomic_write_json(PhaseFiles(phase.work).metrics, metrics)
@@ -331,10 +360,30 @@ class Engine:
             dist.barrier()
         return metrics
 
+    def peak_memory_gb(self) -> list[float]:
+        """Each rank's peak so far: GPU memory allocated on a GPU, else the process's peak resident set (RSS). Collective."""
+        import resource
+
+        import torch.distributed as dist
+
+        if self.device.type == "cuda":
+            mine = torch.cuda.max_memory_allocated(self.device) / 1e9
+        else:
+            mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+        peaks: list[Any] = [round(mine, 3)]
+        if dist.is_initialized() and self.world > 1:
+            peaks = [None] * self.world
+            dist.all_gather_object(peaks, round(mine, 3))
+        return peaks
+
     def run(self) -> dict[str, Any]:
         self.resume()
         self.fit()
         return self.finish()
+
+
+#: ``save_dtype``: the dtype of the final HF checkpoint's weights
+SAVE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def phase_seed(seed: int, name: str) -> int:

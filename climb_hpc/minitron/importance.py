@@ -16,8 +16,11 @@ its query heads'. Layer importance, for depth pruning:
 * ``loss``: the LM loss of the model with each contiguous block of ``drop`` layers removed;
 * ``mc``: optionally, a multiple-choice accuracy (``climb_hpc.proxy.targets.mc_accuracy``) per removed block.
 
-Outputs: ``<run>/importance/importance.pt`` (a dict of tensors, see ``compute_importance``) and
-``importance/summary.json``.
+The scoring is split into pieces (the hooked pass, the base loss, one a depth candidate), each saved under
+``importance/progress/`` as it finishes: a preempted task (checkpointable; USR2 on Slurm) resumes at the next
+piece. The model is scored in bf16 on GPUs, losses a chunk of tokens at a time, forward passes of
+``micro_batch_size`` windows. Outputs: ``<run>/importance/importance.pt`` (a dict of tensors, see
+``compute_importance``) and ``importance/summary.json``.
 """
 
 from __future__ import annotations
@@ -71,18 +74,51 @@ def _hooks(handles: list[Any]):
             h.remove()
 
 
-def lm_loss_of(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
-    """Mean next-token cross-entropy of windows [B, T + 1] (token-weighted over the batches)."""
+def lm_loss_of(model: torch.nn.Module, batches: list[torch.Tensor], chunk: int = 0) -> float:
+    """Mean next-token cross-entropy of windows [B, T + 1] (token-weighted over the batches), from the final hidden
+    states ``chunk`` tokens at a time (``losses.lm_loss_sum``): no whole-batch logits."""
+    from climb_hpc.minitron.losses import lm_loss_sum
+
     total, n = 0.0, 0
     dev = next(model.parameters()).device
+    head = model.get_output_embeddings()
     with torch.no_grad():
         for seqs in batches:
             seqs = seqs.to(dev)
-            logits = model(input_ids=seqs[:, :-1]).logits
-            y = seqs[:, 1:]
-            total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
-            n += y.numel()
+            hidden = decoder(model)(input_ids=seqs[:, :-1]).last_hidden_state
+            total += float(lm_loss_sum(hidden, head, seqs[:, 1:], chunk))
+            n += seqs[:, 1:].numel()
     return total / n
+
+
+class Progress:
+    """Finished pieces of a scoring run, one file each under ``folder`` (none kept when ``folder`` is None): a
+    preempted run resumes at the first missing piece. Between pieces a preemption request saves nothing more and
+    raises ``Preempted`` (the pieces done are already on disk)."""
+
+    def __init__(self, folder: Optional[Path]):
+        self.folder = folder
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        from climb_hpc import preempt
+        from climb_hpc.rundir import atomic_path
+
+        if self.folder is None:
+            return compute()
+        path = self.folder / f"{key}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=False)
+        if preempt.requested():
+            raise preempt.Preempted(f"importance: preempted before {key}; the pieces before it are saved")
+        value = compute()
+        with atomic_path(path) as tmp:
+            torch.save(value, tmp)
+        return value
+
+    def done(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.pt")) if self.folder is not None else []
 
 
 @contextmanager
@@ -99,13 +135,49 @@ def without_layers(model: torch.nn.Module, drop: Iterable[int]):
 
 
 def compute_importance(model: torch.nn.Module, batches: list[torch.Tensor], drop: int = 1,
-                       mc: Optional[Callable[[torch.nn.Module], float]] = None) -> dict[str, Any]:
+                       mc: Optional[Callable[[torch.nn.Module], float]] = None, chunk: int = 0,
+                       progress: Optional[Path] = None) -> dict[str, Any]:
     """Importance of every prunable unit of an HF Llama/Mistral causal LM over calibration windows.
 
-    ``batches``: int64 windows [B, T + 1] (the forward sees ``[:, :-1]``, the loss scores ``[:, 1:]``).
+    ``batches``: int64 windows [B, T + 1] (the forward sees ``[:, :-1]``, the loss scores ``[:, 1:]``); every score
+    is a sum over sequences, so any split of the windows into batches gives the same scores. Losses are taken
+    ``chunk`` tokens at a time. With ``progress`` (a folder), each piece (the hooked pass, the base loss, each depth
+    candidate) is saved as it finishes and found there by a rerun (``Progress``).
     Returns ``mlp`` [L, I], ``heads`` [L, H], ``kv_groups`` [L, KV], ``channels`` [h], ``block`` [L],
     ``depth_loss`` [L - drop + 1] (loss with layers [s, s + drop) removed), ``base_loss``, ``drop``, and
     ``depth_mc`` / ``base_mc`` when ``mc`` is given (accuracy, higher is better)."""
+    store = Progress(progress)
+    was_training = model.training
+    model.eval()
+    try:
+        out = dict(store.get("activations", lambda: activation_scores(model, batches)))
+        out["base_loss"] = store.get("base_loss", lambda: lm_loss_of(model, batches, chunk))
+        n_layers = model.config.num_hidden_layers
+        starts = range(n_layers - drop + 1) if 0 < drop <= n_layers else range(0)
+        depth_loss, depth_mc = [], []
+        for s in starts:
+            def candidate(s: int = s) -> dict[str, float]:
+                with without_layers(model, range(s, s + drop)):
+                    return {"loss": lm_loss_of(model, batches, chunk),
+                            **({"mc": float(mc(model))} if mc is not None else {})}
+
+            r = store.get(f"depth_{s:04d}", candidate)
+            depth_loss.append(r["loss"])
+            if mc is not None:
+                depth_mc.append(r["mc"])
+        if mc is not None:
+            out["base_mc"] = store.get("base_mc", lambda: float(mc(model)))
+            out["depth_mc"] = torch.tensor(depth_mc, dtype=torch.float32)
+    finally:
+        model.train(was_training)
+    out["depth_loss"] = torch.tensor(depth_loss, dtype=torch.float32)
+    out["drop"] = int(drop)
+    return out
+
+
+def activation_scores(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One hooked pass of the decoder (no head) over the windows: ``mlp``, ``heads``, ``kv_groups``, ``channels``,
+    ``block`` (see ``compute_importance``)."""
     cfg = model.config
     dec = decoder(model)
     n_layers, n_heads, n_kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
@@ -151,40 +223,18 @@ def compute_importance(model: torch.nn.Module, batches: list[torch.Tensor], drop
     norms.append(_SumSq())
     handles.append(dec.norm.register_forward_hook(lambda mod, args, out, s=norms[-1]: s.add(out)))
 
-    was_training = model.training
-    model.eval()
-    try:
-        with _hooks(handles), torch.no_grad():
-            dev = next(model.parameters()).device
-            for seqs in batches:
-                model(input_ids=seqs[:, :-1].to(dev))
-        base = lm_loss_of(model, batches)
-        starts = range(n_layers - drop + 1) if 0 < drop <= n_layers else range(0)
-        depth_loss, depth_mc = [], []
-        for s in starts:
-            with without_layers(model, range(s, s + drop)):
-                depth_loss.append(lm_loss_of(model, batches))
-                if mc is not None:
-                    depth_mc.append(float(mc(model)))
-        base_mc = float(mc(model)) if mc is not None else None
-    finally:
-        model.train(was_training)
-
+    with _hooks(handles), torch.no_grad():
+        dev = next(model.parameters()).device
+        for seqs in batches:
+            dec(input_ids=seqs[:, :-1].to(dev))
     head_imp = torch.stack([h.result() for h in heads])
-    out: dict[str, Any] = {
+    return {
         "mlp": torch.stack([m.result() for m in mlp]),
         "heads": head_imp,
         "kv_groups": head_imp.reshape(n_layers, n_kv, n_heads // n_kv).sum(-1),
         "channels": torch.stack([n.result() for n in norms]).sum(0),
         "block": (bi_sum / max(1, bi_count[0])).float(),
-        "depth_loss": torch.tensor(depth_loss, dtype=torch.float32),
-        "base_loss": base,
-        "drop": int(drop),
     }
-    if mc is not None:
-        out["depth_mc"] = torch.tensor(depth_mc, dtype=torch.float32)
-        out["base_mc"] = base_mc
-    return out
 
 
 # ---------------------------------------------------------------- the stage
@@ -203,6 +253,10 @@ class Outputs:
     @property
     def summary(self) -> Path:
         return self.dir / "summary.json"
+
+    @property
+    def progress(self) -> Path:
+        return self.dir / "progress"  # one file a finished piece (``Progress``): a preempted task resumes from them
 
 
 def outputs(rd: RunDir) -> Outputs:
@@ -231,14 +285,14 @@ def depth_drop(cfg: DictConfig) -> int:
 
 
 def calibration(cfg: DictConfig, rd: RunDir) -> list[torch.Tensor]:
-    """``samples`` seeded windows of ``seq_len + 1`` tokens of the mixed dataset, in batches."""
-    from climb_hpc.minitron.data import TokenWindows
+    """``samples`` seeded windows of ``seq_len + 1`` tokens of the mixed dataset, in forward passes of
+    ``micro_batch_size`` (else ``batch_size``) windows."""
+    from climb_hpc.minitron.data import TokenWindows, load_tokens
     from climb_hpc.minitron.engine import phase_seed
-    from climb_hpc.search.mix import load_mixed
 
     s = _m(cfg).importance
-    tokens, _, _ = load_mixed(rd)
-    n, seq_len, bs = int(s.samples), int(s.seq_len), int(s.batch_size)
+    tokens, _ = load_tokens(rd, None)
+    n, seq_len, bs = int(s.samples), int(s.seq_len), int(s.get("micro_batch_size") or s.batch_size)
     plan = TokenWindows(tokens, seq_len, n, phase_seed(seed_of(cfg), NAME))
     return [torch.from_numpy(plan.sequences(i, min(bs, n - i))) for i in range(0, n, bs)]
 
@@ -276,17 +330,22 @@ def summary_of(imp: dict[str, Any], k: int = 5) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
+    from climb_hpc.minitron.ds import model_dtype
     from climb_hpc.rundir import atomic_path, atomic_write_json
     from climb_hpc.training import task_device, torch_threads
 
     s = _m(cfg).importance
+    out = outputs(rd)
     with torch_threads(int(s.get("cpus") or 1)):
-        model = load_hf(teacher_dir(cfg, rd))
+        model = load_hf(teacher_dir(cfg, rd), model_dtype(s))  # bf16 on GPUs
         model = model.to(task_device(s))
-        imp = compute_importance(model, calibration(cfg, rd), depth_drop(cfg), mc_metric(cfg, rd))
+        done = Progress(out.progress).done()
+        if done:
+            print(f"importance: resuming after {len(done)} finished pieces ({', '.join(done)})", flush=True)
+        imp = compute_importance(model, calibration(cfg, rd), depth_drop(cfg), mc_metric(cfg, rd),
+                                 int(s.get("loss_chunk_tokens") or 0), out.progress)
     imp["teacher"] = str(teacher_dir(cfg, rd))
     imp["config"] = plain(s)
-    out = outputs(rd)
     with atomic_path(out.importance) as tmp:
         torch.save(imp, tmp)
     atomic_write_json(out.summary, summary_of(imp))
@@ -319,5 +378,5 @@ def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
 
 
 STAGE = Stage(name=NAME, run=run, num_tasks=lambda cfg, rd: 1, section="minitron.importance",
-              resources=lambda cfg: Resources.from_config(_m(cfg).importance), reads=reads,
+              resources=lambda cfg: Resources.from_config(_m(cfg).importance), reads=reads, checkpointable=True,
               outputs=outputs, estimate=estimate)

@@ -49,6 +49,12 @@ OPTIMIZER_BYTES = 12
 #: loss's forward; this count was read off a measurement (one H200, docs/preflight.md), where a first count of 6 fp32
 #: plus the teacher's working set had over-estimated the peak by 9-15 %.
 LOGIT_BUFFERS = {"lm": (3, 0), "distill": (5, 2)}
+#: The same with chunked losses (``losses.py``, ``loss_chunk_tokens``): buffers of ``[chunk, vocab]`` only, at the
+#: chunk's recompute in the backward. LM: the chunk's logits (model dtype) and their fp32 copy, the log-probs, their
+#: gradient; distillation: both models' chunk logits, their fp32 copies scaled by 1/T, both log-probs, the KL's
+#: elementwise temporaries and the LM term's log-probs, and the gradients of the student's. Plus the final hidden
+#: states the chunks read (and the teacher's), alive for the whole step: :func:`training_peak`'s "hidden states".
+CHUNKED_BUFFERS = {"lm": (3, 2), "distill": (8, 2)}
 
 
 def elem_bytes(precision: str) -> int:
@@ -127,12 +133,23 @@ def state_bytes(params: float, e: int, zero_stage: int, ranks: int, deepspeed: b
             "optimizer": OPTIMIZER_BYTES * params / (r if z >= 1 else 1)}
 
 
+def logit_bytes(tokens: int, vocab: int, e: int, objective: str, chunk: int) -> float:
+    """The ``[tokens, vocab]`` buffers of the loss at its peak: whole logits (``chunk`` 0), or one chunk's."""
+    if chunk > 0:
+        fp32, model_dtype = CHUNKED_BUFFERS[objective]
+        tokens = min(int(tokens), int(chunk))
+    else:
+        fp32, model_dtype = LOGIT_BUFFERS[objective]
+    return tokens * vocab * (4 * fp32 + e * model_dtype)
+
+
 def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int, ranks: int,
                   checkpointing: bool = False, objective: str = "lm", teacher: Optional[Dims] = None,
                   teacher_zero3: bool = False, deepspeed: bool = True, optimizer: bool = True,
-                  runtime: bool = True) -> Peak:
+                  runtime: bool = True, chunk: int = 0) -> Peak:
     """The peak of one rank training ``d`` on ``micro`` sequences of ``seq`` tokens a micro-step (gradients resident:
-    accumulation keeps them between micro-steps). ``objective``: lm, or distill from a frozen ``teacher``."""
+    accumulation keeps them between micro-steps). ``objective``: lm, or distill from a frozen ``teacher``. ``chunk``:
+    the losses' ``loss_chunk_tokens`` (0: whole logits)."""
     e, tokens = elem_bytes(precision), int(micro) * int(seq)
     peak = Peak()
     state = state_bytes(d.params, e, zero_stage, ranks, deepspeed)
@@ -146,8 +163,9 @@ def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int
         live = e * min(ZERO3_LIVE, p) if z >= 3 else 0.0
         peak.terms["zero buffers"] = bucket + live
     peak.terms["activations"] = activation_bytes(d, tokens, e, checkpointing)
-    fp32, model_dtype = LOGIT_BUFFERS[objective]
-    logits = tokens * d.vocab_size * (4 * fp32 + e * model_dtype)
+    logits = logit_bytes(tokens, d.vocab_size, e, objective, chunk)
+    if chunk > 0:  # the final hidden states (and their gradient), the teacher's too, read chunk by chunk
+        peak.terms["hidden states"] = tokens * e * (2 * d.hidden_size + (teacher.hidden_size if teacher else 0))
     if teacher is not None:
         te = e  # the teacher runs in the task's precision (distill.load_teacher)
         shard = max(1, int(ranks)) if teacher_zero3 else 1
@@ -158,17 +176,21 @@ def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int
     if runtime:
         peak.terms["runtime"] = RUNTIME_GB * GB
     peak.notes.append(f"{precision}, ZeRO-{zero_stage} over {ranks} rank(s), {micro} x {seq} tokens, activation "
-                      f"checkpointing {'on' if checkpointing else 'off'}")
+                      f"checkpointing {'on' if checkpointing else 'off'}, "
+                      + (f"losses in chunks of {chunk} tokens" if chunk > 0 else "whole logits"))
     return peak
 
 
-def scoring_peak(d: Dims, batch: int, seq: int, precision: str = "fp32", runtime: bool = False) -> Peak:
+def scoring_peak(d: Dims, batch: int, seq: int, precision: str = "fp32", runtime: bool = False,
+                 chunk: int = 0) -> Peak:
     """Forward passes without gradients (``importance``): the weights, one layer's working set (at most what a layer
-    saves for a backward), the logits and the cross-entropy's log-probs."""
+    saves for a backward), the logits and the cross-entropy's log-probs (of a chunk of ``chunk`` tokens; 0: all)."""
     e, tokens = elem_bytes(precision), int(batch) * int(seq)
+    scored = min(tokens, int(chunk)) if chunk > 0 else tokens
     peak = Peak({"weights": e * d.params, "working set": tokens * layer_bytes(d, e),
-                 "logits and loss": tokens * d.vocab_size * (e + 4)},
-                [f"{precision}, no gradients, {batch} x {seq} tokens a forward"])
+                 "logits and loss": scored * d.vocab_size * (e + 4)},
+                [f"{precision}, no gradients, {batch} x {seq} tokens a forward"
+                 + (f", the loss in chunks of {chunk} tokens" if chunk > 0 else "")])
     if runtime:
         peak.terms["runtime"] = RUNTIME_GB * GB
     return peak
