@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Optional
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any, Optional
 
 from climb_hpc.errors import ConfigError
 from climb_hpc.safetensors_header import stored_params
+
+if TYPE_CHECKING:  # omegaconf is imported where used: the FLOP helpers below need no config library
+    from omegaconf import DictConfig
 
 DIMS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
         "head_dim", "vocab_size")
@@ -80,12 +81,14 @@ class Work:
 
 
 #: Stage.estimate: (the composed config, the plan's inputs, the ledger) -> the stage's work
-EstimateFn = Callable[[DictConfig, Inputs, Ledger], Work]
+EstimateFn = Callable[["DictConfig", Inputs, Ledger], Work]
 
 
 def rate(cfg: DictConfig, x: Inputs, key: str, led: Ledger, unit: str, name: Optional[str] = None) -> float:
     """A CPU stage's throughput ``<key>`` (e.g. ingest_tokens_s): ``plan.cpu.rates`` on a CPU profile (measured on
     the CI machine), else ``plan.rates`` (a cluster node's core). Recorded as ``name``, by default "ingest rate"."""
+    from omegaconf import OmegaConf
+
     cpu_rates = OmegaConf.select(cfg, "plan.cpu.rates") if x.cpu else None
     block = "plan.cpu.rates" if cpu_rates is not None and key in cpu_rates else "plan.rates"
     value = OmegaConf.select(cfg, f"{block}.{key}")
