@@ -12,7 +12,7 @@ DDP loop of the same model, side by side (ratios printed).
            The teacher is a frozen plain module, a full copy on each rank (``--teacher-zero3`` adds a variant
            whose teacher is a ZeRO-3 engine without optimizer, as ``minitron.distill.teacher_zero3``).
 * step:    ``climb_hpc.minitron.distill.DistillObjective`` (forward KL(teacher || student) on logits / T,
-           times T^2: ``kl_loss``), one optimizer step of the global batch (gradient accumulation when
+           times T^2, in chunks of ``--chunk`` tokens: ``losses.distill_sums``), one optimizer step of the global batch (gradient accumulation when
            global > micro x ranks), gradient clipping 1.0, the engine's AdamW (``make_optimizer``:
            ``torch.optim.AdamW(foreach=True)``, weight decay on matrices), constant LR.
 * data:    seeded windows (``minitron.data.TokenWindows``) over a random token stream; rank r takes the same
@@ -92,6 +92,7 @@ def section(a: argparse.Namespace, stage: int, gpu: bool) -> dict[str, Any]:
     return {"zero_stage": stage, "micro_batch_size": a.micro_batch, "global_batch_size": a.global_batch,
             "seq_len": a.seq_len, "lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8,
             "grad_clip": 1.0, "precision": a.precision, "zero3_persistence_threshold": 0,
+            "zero_bucket_size": 500_000_000, "zero3_max_live_parameters": 1_000_000_000,
             "gpus": 1 if gpu else 0, "temperature": a.temperature}
 
 
@@ -176,7 +177,7 @@ def run_variant(rank: int, variant: str, a: argparse.Namespace, gpu: bool) -> di
     else:
         teacher = teacher.to(device, dtype=torch.bfloat16 if bf16 else torch.float32)
     objective = DistillObjective(teacher, a.temperature, 0.0, 0.0, int(tdims["hidden_size"]))
-    module = Trainable(build_model(sdims, a.vocab, 0, a.seq_len, seed=2))
+    module = Trainable(build_model(sdims, a.vocab, 0, a.seq_len, seed=2), chunk=a.chunk)
     n_student = sum(p.numel() for p in module.parameters())
     accum = ds.grad_accumulation(s, world)
     if variant == "ddp":
@@ -186,9 +187,9 @@ def run_variant(rank: int, variant: str, a: argparse.Namespace, gpu: bool) -> di
         opt = make_optimizer(model.module, s, gpu)
         params = [p for p in model.parameters() if p.requires_grad]
 
-        def fwd(ids: torch.Tensor) -> Any:
+        def fwd(*args: Any) -> Any:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                return model(ids)
+                return model(*args)
 
         def step(batches: list[torch.Tensor]) -> float:
             total = 0.0
@@ -279,6 +280,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads a rank; default cores // ranks")
     ap.add_argument("--vocab", type=int, default=4096, help="vocabulary (the run tokenizer's default is 8192)")
     ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--chunk", type=int, default=1024, help="loss_chunk_tokens: the losses on this many tokens at a time")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--teacher-zero3", action="store_true", help="add ZeRO-3 student + ZeRO-3 teacher engine")
     ap.add_argument("--cpu", action="store_true", help="stay on CPU even with a GPU")

@@ -455,7 +455,8 @@ def memory_rows(cfg: DictConfig, names: list[str], hw: Any, ms: dict[str, Model]
                                  "lm" if name == "correct" else "distill",
                                  teacher=ms["teacher"].dims if name == "distill" else None,
                                  teacher_zero3=bool(s.get("teacher_zero3")), deepspeed=True, runtime=bool(res.gpus),
-                                 chunk=int(s.get("loss_chunk_tokens") or 0))
+                                 chunk=int(s.get("loss_chunk_tokens") or 0), bucket=float(s["zero_bucket_size"]),
+                                 live=float(s["zero3_max_live_parameters"]))
             advice = _memory_advice(name, s)
         elif name == "importance" and "teacher" in ms:
             i = cfg.minitron.importance  # the teacher in its planned precision (bf16 on GPUs) on the task's device

@@ -350,6 +350,8 @@ class ZeroPhase:
     val_tokens: int
     zero_stage: int
     zero3_persistence_threshold: int
+    zero_bucket_size: int
+    zero3_max_live_parameters: int
     precision: str
     activation_checkpointing: bool
     loss_chunk_tokens: int

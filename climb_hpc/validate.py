@@ -41,13 +41,14 @@ POSITIVE_INT = {
 NONNEG_INT = {
     "cpu_task", "drop", "gpu_task", "gpus", "lead_h", "loader_workers", "max_num_timeout", "max_retries",
     "multinode_job", "pretrain_warmup", "quarantine_excerpt_chars", "seed", "signal_delay_s",
-    "zero3_persistence_threshold",
+    "zero3_persistence_threshold", "loss_chunk_tokens",
 }
 POSITIVE_NUM = {
     "bytes_per_token", "chunk_mb", "corpus_docs", "corpus_tokens", "cpu_gflops", "eps", "ingest_tokens_s",
     "initializer_range", "lr", "lr_scale", "margin", "max_ratio", "mem_gb", "merge_distance", "mix_tokens_s",
     "params", "peak_tflops", "gpu_mem_gb", "poll_s", "pretrain_lr", "prune_params_s", "quality_tokens_s", "refine_docs_s",
-    "report_s", "rms_norm_eps", "rope_theta", "temperature", "tokenize_tokens_s",
+    "report_s", "rms_norm_eps", "rope_theta", "temperature", "tokenize_tokens_s", "save_shard_gb",
+    "zero_bucket_size", "zero3_max_live_parameters",
 }
 NONNEG_NUM = {"dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
 # plan.cpu: GFLOP/s a core by kind of work, and task start-up seconds, of a CPU profile
@@ -69,6 +70,7 @@ CHOICES = {
     "cluster.executor": ("local", "debug", "slurm"),
     "zero_stage": (0, 1, 2, 3),
     "precision": ("auto", "fp32", "bf16"),
+    "save_dtype": ("bf16", "fp32"),
     "schedule": ("cosine", "wsd"),
     "corpus.compression": ("zstd", "snappy", "gzip", "none"),
     "embed.pooling": ("mean", "cls"),

@@ -68,6 +68,8 @@ def test_ds_config_batches_zero_and_precision():
     c = ds.ds_config(s, world=2)
     assert c["gradient_accumulation_steps"] == 4 and c["train_batch_size"] == 32
     assert c["zero_optimization"]["stage"] == 3 and c["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    assert c["zero_optimization"]["reduce_bucket_size"] == 500_000_000  # DeepSpeed's default, now a setting
+    assert c["zero_optimization"]["stage3_max_live_parameters"] == 1_000_000_000
     assert c["bf16"]["enabled"] is False and c["gradient_clipping"] == 1.0 and "optimizer" not in c
     assert ds.ds_config(s, 1, client_optimizer=False)["optimizer"]["params"]["torch_adam"] is True
     with pytest.raises(ValueError, match="multiple"):
@@ -197,12 +199,21 @@ def test_saved_student_loads_and_gives_the_engine_logits(corrected, tmp_path):
                     "minitron.distill.tokens=5120", "minitron.distill.loss_chunk_tokens=100",
                     "minitron.distill.save_shard_gb=0.00005")  # 50 kB shards
     rd = RunDir(cfg.run_dir)
+    from climb_hpc.search.mix import outputs as mix_outputs
+
+    mix_outputs(rd).index.unlink()  # the ranks read the mixed tokens only
     torch.set_num_threads(1)
     with ds.distributed(cfg.minitron.distill):
         phase = distill_phase(cfg, rd)
         phase.work.mkdir(parents=True, exist_ok=True)
         engine = Engine(phase)
         assert all(hasattr(p, "ds_id") for p in engine.module.model.parameters())  # built by zero.Init
+        teacher = phase.objective.teacher  # a ZeRO-3 engine without optimizer, frozen, built sharded too
+        from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+
+        assert type(teacher.optimizer) is DeepSpeedZeRoOffload  # parameter partitioning only, no optimizer state
+        assert all(hasattr(p, "ds_id") for p in teacher.module.parameters())
+        assert not any(p.requires_grad for p in teacher.module.parameters())
         m = engine.run()
         batch = torch.from_numpy(engine.data.val[:4, :-1].copy())
         want = engine.logits(batch)

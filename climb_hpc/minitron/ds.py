@@ -139,9 +139,11 @@ def ds_config(section: Mapping[str, Any], world: int, client_optimizer: bool = T
     stage = int(section["zero_stage"])
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage={stage}: choose 0, 1, 2 or 3")
-    zero: dict[str, Any] = {"stage": stage}
+    zero: dict[str, Any] = {"stage": stage, "reduce_bucket_size": int(section["zero_bucket_size"]),
+                            "allgather_bucket_size": int(section["zero_bucket_size"])}
     if stage == 3:
         zero["stage3_param_persistence_threshold"] = int(section["zero3_persistence_threshold"])
+        zero["stage3_max_live_parameters"] = int(section["zero3_max_live_parameters"])
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     bf16 = use_bf16(section)
     cfg: dict[str, Any] = {
@@ -169,7 +171,8 @@ def inference_config(section: Mapping[str, Any]) -> dict[str, Any]:
     return {"train_micro_batch_size_per_gpu": int(section["micro_batch_size"]),
             "bf16": {"enabled": use_bf16(section)}, "fp16": {"enabled": False},
             "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold":
-                                  int(section["zero3_persistence_threshold"])},
+                                  int(section["zero3_persistence_threshold"]),
+                                  "stage3_max_live_parameters": int(section["zero3_max_live_parameters"])},
             "steps_per_print": 2**62}
 
 

@@ -8,9 +8,9 @@ A rank of a DeepSpeed job (``correct``, ``distill``; ``engine.py``) holds at its
   gradients ``e P`` (stage 2 and 3: ``/ R``) and the optimizer's 12 bytes a parameter (fp32 master weights, AdamW's
   two moments; stage 1, 2, 3: ``/ R``), plus the fresh gradient of the largest parameter (the embedding or LM head,
   ``e V h``) that autograd makes before it is accumulated or reduced;
-* **ZeRO buffers**, DeepSpeed's defaults (``ds.ds_config`` sets neither): the gradient reduce bucket
-  (``reduce_bucket_size`` 5e8 elements) and, for stage 3, the gathered parameters (``stage3_max_live_parameters``
-  1e9), each at most ``P`` elements;
+* **ZeRO buffers** (``zero_bucket_size`` and ``zero3_max_live_parameters``, DeepSpeed's defaults unless set): the
+  gradient reduce bucket (``reduce_bucket_size`` 5e8 elements) and, for stage 3, the gathered parameters
+  (``stage3_max_live_parameters`` 1e9), each at most ``P`` elements;
 * **activations** saved for the backward pass, per layer and token (:func:`layer_bytes`, counted from the tensors
   autograd keeps in HF's Llama decoder layer with SDPA attention); with activation checkpointing only each layer's
   input is kept, plus one layer's activations while it is recomputed;
@@ -146,10 +146,11 @@ def logit_bytes(tokens: int, vocab: int, e: int, objective: str, chunk: int) -> 
 def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int, ranks: int,
                   checkpointing: bool = False, objective: str = "lm", teacher: Optional[Dims] = None,
                   teacher_zero3: bool = False, deepspeed: bool = True, optimizer: bool = True,
-                  runtime: bool = True, chunk: int = 0) -> Peak:
+                  runtime: bool = True, chunk: int = 0, bucket: float = ZERO_BUCKET, live: float = ZERO3_LIVE) -> Peak:
     """The peak of one rank training ``d`` on ``micro`` sequences of ``seq`` tokens a micro-step (gradients resident:
     accumulation keeps them between micro-steps). ``objective``: lm, or distill from a frozen ``teacher``. ``chunk``:
-    the losses' ``loss_chunk_tokens`` (0: whole logits)."""
+    the losses' ``loss_chunk_tokens`` (0: whole logits); ``bucket`` and ``live``: ``zero_bucket_size`` and
+    ``zero3_max_live_parameters``."""
     e, tokens = elem_bytes(precision), int(micro) * int(seq)
     peak = Peak()
     state = state_bytes(d.params, e, zero_stage, ranks, deepspeed)
@@ -159,9 +160,7 @@ def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int
     peak.terms.update(state)
     if deepspeed:
         z, p = int(zero_stage), d.params
-        bucket = e * min(ZERO_BUCKET, p) if z >= 1 else 0.0
-        live = e * min(ZERO3_LIVE, p) if z >= 3 else 0.0
-        peak.terms["zero buffers"] = bucket + live
+        peak.terms["zero buffers"] = (e * min(bucket, p) if z >= 1 else 0.0) + (e * min(live, p) if z >= 3 else 0.0)
     peak.terms["activations"] = activation_bytes(d, tokens, e, checkpointing)
     logits = logit_bytes(tokens, d.vocab_size, e, objective, chunk)
     if chunk > 0:  # the final hidden states (and their gradient), the teacher's too, read chunk by chunk
@@ -171,7 +170,7 @@ def training_peak(d: Dims, micro: int, seq: int, precision: str, zero_stage: int
         shard = max(1, int(ranks)) if teacher_zero3 else 1
         peak.terms["teacher weights"] = te * teacher.params / shard
         if teacher_zero3:
-            peak.terms["teacher weights"] += te * min(ZERO3_LIVE, teacher.params)
+            peak.terms["teacher weights"] += te * min(live, teacher.params)
     peak.terms["logits and loss"] = logits
     if runtime:
         peak.terms["runtime"] = RUNTIME_GB * GB
