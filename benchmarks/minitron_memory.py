@@ -196,21 +196,23 @@ def dims(name: str, layers: int, tie: bool):
 
 def predicted(phase: str, layers: int, seq: int, ranks: int, chunk: int, precision: str = "bf16",
               runtime: bool = False, checkpointing: bool = True, micro: int = 1, teacher_zero3: bool = True,
-              bucket: float = BUCKET, live: float = LIVE, tie: bool = False):
+              bucket: float = BUCKET, live: float = LIVE, tie: bool = False, zero: int = 3):
     from climb_hpc.minitron.memory import scoring_peak, training_peak
 
     t, s = dims("llama-3.1-8b", layers, tie), dims("llama-3.1-minitron-4b-width", layers, tie)
     if phase == "importance":
         return scoring_peak(t, micro, seq, precision, runtime=runtime, chunk=chunk)
     if phase == "correct":
-        return training_peak(t, micro, seq, precision, 3, ranks, checkpointing, "lm", runtime=runtime, chunk=chunk,
+        return training_peak(t, micro, seq, precision, zero, ranks, checkpointing, "lm", runtime=runtime, chunk=chunk,
                              bucket=bucket, live=live)
-    return training_peak(s, micro, seq, precision, 3, ranks, checkpointing, "distill", teacher=t,
+    return training_peak(s, micro, seq, precision, zero, ranks, checkpointing, "distill", teacher=t,
                          teacher_zero3=teacher_zero3, runtime=runtime, chunk=chunk, bucket=bucket, live=live)
 
 
 def paper() -> dict[str, float]:
-    """The model at the paper's shape with the preset's settings (minitron=llama31_8b_to_4b_width), 256 ranks."""
+    """The model at the paper's shape with the preset's settings (minitron=llama31_8b_to_4b_width: its ZeRO stages,
+    checkpointing, chunks, micro-batches), 256 ranks, the published (untied) configs: ``climb-hpc preflight``'s
+    figures for that preset."""
     sys.path.insert(0, str(ROOT))
     from climb_hpc.config import compose
 
@@ -226,7 +228,7 @@ def paper() -> dict[str, float]:
             peak = predicted(phase, 32, int(s.seq_len), 256, int(s.loss_chunk_tokens), runtime=True,
                              checkpointing=bool(s.activation_checkpointing), micro=int(s.micro_batch_size),
                              teacher_zero3=bool(s.get("teacher_zero3", False)), bucket=float(s.zero_bucket_size),
-                             live=float(s.zero3_max_live_parameters))
+                             live=float(s.zero3_max_live_parameters), zero=int(s.zero_stage))
         out[phase] = peak.gb
     return out
 

@@ -459,9 +459,9 @@ def memory_rows(cfg: DictConfig, names: list[str], hw: Any, ms: dict[str, Model]
                                  live=float(s["zero3_max_live_parameters"]))
             advice = _memory_advice(name, s)
         elif name == "importance" and "teacher" in ms:
-            i = cfg.minitron.importance  # the teacher in its planned precision (bf16 on GPUs) on the task's device
-            peak = scoring_peak(ms["teacher"].dims, int(i.micro_batch_size or i.batch_size), int(i.seq_len),
-                                planned_precision(i), runtime=bool(res.gpus), chunk=int(i.loss_chunk_tokens or 0))
+            i = _section(cfg, name)  # the task's section: its GPUs make precision auto bf16
+            peak = scoring_peak(ms["teacher"].dims, int(i["micro_batch_size"] or i["batch_size"]), int(i["seq_len"]),
+                                planned_precision(i), runtime=bool(res.gpus), chunk=int(i["loss_chunk_tokens"] or 0))
             advice = "lower minitron.importance.micro_batch_size (the scores and the total work stay the same)"
         elif name == "search" and "proxy" in ms:
             p = cfg.proxy
