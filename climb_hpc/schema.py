@@ -260,6 +260,7 @@ class Proxy:
     optim: Optim
     precision: str
     compile: bool
+    loss_chunk_tokens: int
     holdout_fraction: float
     ckpt_every: int
     keep_checkpoint: bool

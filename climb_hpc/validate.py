@@ -39,9 +39,9 @@ POSITIVE_INT = {
     "time_min", "token_budget", "tokens", "tokens_per_doc", "train_sample_docs", "val_tokens", "vocab_size",
 }
 NONNEG_INT = {
-    "cpu_task", "drop", "gpu_task", "gpus", "lead_h", "loader_workers", "max_num_timeout", "max_retries",
-    "multinode_job", "pretrain_warmup", "quarantine_excerpt_chars", "seed", "signal_delay_s",
-    "zero3_persistence_threshold", "loss_chunk_tokens",
+    "cpu_task", "drop", "gpu_task", "gpus", "lead_h", "loader_workers", "loss_chunk_tokens", "max_num_timeout",
+    "max_retries", "multinode_job", "pretrain_warmup", "quarantine_excerpt_chars", "seed", "signal_delay_s",
+    "zero3_persistence_threshold",
 }
 POSITIVE_NUM = {
     "bytes_per_token", "chunk_mb", "corpus_docs", "corpus_tokens", "cpu_gflops", "eps", "ingest_tokens_s",
@@ -86,7 +86,7 @@ NOT_NULL = {
     "array_parallelism", "batch_size", "budget", "chunk_mb", "chunk_rows", "ckpt_every", "global_batch_size",
     "k_init", "max_retries", "max_length", "nodes", "pool_size", "rows_per_group", "rows_per_shard", "samples",
     "seq_len", "shards_per_task", "tasks_per_node", "tokens", "gpus", "max_num_timeout", "signal_delay_s",
-    "poll_s", "run_dir", "text_field",
+    "poll_s", "run_dir", "text_field", "loss_chunk_tokens",
 }
 INT_RULES = POSITIVE_INT | NONNEG_INT | {"zero_stage"}
 NUMERIC_RULES = INT_RULES | POSITIVE_NUM | NONNEG_NUM | set(INTERVALS)

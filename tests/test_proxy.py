@@ -156,6 +156,23 @@ def test_trial_trains_scores_and_writes_its_folder(tokenized, tmp_path):
     assert run_trial(cfg, rd, out, {0: 1.0, 3: 1.0}, seed=0) == m  # done: returns, does not retrain
 
 
+def test_fused_chunked_loss_trains_as_the_whole_logits_do(tokenized, tmp_path):
+    """proxy.loss_chunk_tokens > 0 (the output head fused with the cross-entropy, chunk by chunk, a partial last
+    chunk included) follows the whole-logits loss step for step in fp32, with gradient accumulation, and its
+    chunked held-out evaluation scores the same."""
+    logs, metrics = {}, {}
+    for chunk in (0, 100):  # a micro-batch of 4 x 128 tokens: 5 chunks of 100 and one of 12
+        cfg = clone(tokenized, tmp_path / f"run{chunk}", "proxy.tokens=8192", "proxy.precision=fp32",
+                    "proxy.micro_batch_size=4", f"proxy.loss_chunk_tokens={chunk}")
+        out = tmp_path / f"trial{chunk}"
+        metrics[chunk] = run_trial(cfg, RunDir(cfg.run_dir), out, UNIFORM, seed=0)
+        logs[chunk] = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(logs[0]) == len(logs[100]) == 8
+    np.testing.assert_allclose(logs[100], logs[0], rtol=1e-5)
+    np.testing.assert_allclose(metrics[100]["target"]["value"], metrics[0]["target"]["value"], rtol=1e-5)
+    assert metrics[100]["heldout_loss"].keys() == metrics[0]["heldout_loss"].keys()
+
+
 def test_jsonl_and_cluster_targets(tokenized, tmp_path):
     jsonl = tmp_path / "target.jsonl"
     docs = [r for _, t in iter_doc_shards(RunDir(tokenized), ["text", "source"]) for r in t.to_pylist()]

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from climb_hpc.minitron.losses import lm_loss_sum
+
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
 
@@ -38,8 +40,11 @@ class TargetError(ValueError):
 
 @torch.no_grad()
 def packed_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
-                device: torch.device, autocast: Any = contextlib.nullcontext) -> dict[str, float]:
-    """Mean next-token NLL of ``tokens`` (1-D ids) in windows of ``seq_len + 1`` overlapping by one."""
+                device: torch.device, autocast: Any = contextlib.nullcontext, loss_chunk: int = 0) -> dict[str, float]:
+    """Mean next-token NLL of ``tokens`` (1-D ids) in windows of ``seq_len + 1`` overlapping by one.
+
+    ``loss_chunk`` > 0: from the final hidden states through the output head that many tokens at a time
+    (:func:`climb_hpc.minitron.losses.lm_loss_sum`), never a batch's whole logits; 0: from the whole logits."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if len(tokens) < 2:
         raise TargetError("nothing to score: fewer than 2 target tokens")
@@ -54,11 +59,16 @@ def packed_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_
             batch = np.full((len(chunk), width), -100, dtype=np.int64)
             for r, c in enumerate(chunk):
                 batch[r, :len(c)] = c
-            x = torch.from_numpy(batch[:, :-1]).to(device)
+            x = torch.from_numpy(batch[:, :-1]).to(device).clamp_min(0)  # pads (-100) sit after real tokens: causal
             y = torch.from_numpy(batch[:, 1:]).to(device)
             with autocast():
-                logits = model(input_ids=x.clamp_min(0)).logits  # pads (-100) sit after real tokens: causal
-            nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+                if loss_chunk > 0:
+                    hidden = model.model(input_ids=x).last_hidden_state
+                    nll = lm_loss_sum(hidden, model.get_output_embeddings(), y, loss_chunk)
+                else:
+                    logits = model(input_ids=x).logits
+            if loss_chunk <= 0:
+                nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
             total += float(nll)
             count += int((y != -100).sum())
     finally:
@@ -215,8 +225,8 @@ def check_target(tcfg: Mapping[str, Any]) -> str:
 
 def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clusters: list[int], holdout: float,
              seq_len: int, tokenizer: Any, eos_id: int, device: torch.device,
-             autocast: Any = contextlib.nullcontext) -> dict[str, Any]:
-    """``{"target": {kind, value, direction}, ...details}`` for ``cfg.target``.
+             autocast: Any = contextlib.nullcontext, loss_chunk: int = 0) -> dict[str, Any]:
+    """``{"target": {kind, value, direction}, ...details}`` for ``cfg.target``; ``loss_chunk``: see :func:`packed_loss`.
 
     Unless ``target.cluster_losses`` is false, a trial also records the held-out loss of each cluster
     (``heldout_loss``; ``max_tokens / clusters`` tokens each), whatever the target: what a report or a
@@ -226,7 +236,7 @@ def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clu
     per = {}
     if holdout > 0 and (kind == "heldout" or tcfg["cluster_losses"]):
         streams = heldout_streams(rd, clusters, holdout, max(2, max_tokens // max(1, len(clusters))), eos_id)
-        per = {c: packed_loss(model, s, seq_len, bs, device, autocast) for c, s in streams.items()}
+        per = {c: packed_loss(model, s, seq_len, bs, device, autocast, loss_chunk) for c, s in streams.items()}
     out: dict[str, Any] = {"heldout_loss": {str(c): round(v["loss"], 6) for c, v in per.items()}}
     if kind == "heldout":
         chosen = [int(c) for c in tcfg.get("clusters") or clusters]
@@ -239,7 +249,7 @@ def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clu
         out["target"] = {"kind": kind, "clusters": chosen, "tokens": n, "value": value}
     elif kind == "jsonl":
         stream = jsonl_stream(tcfg["path"], str(tcfg["text_field"]), tokenizer, eos_id, max_tokens)
-        r = packed_loss(model, stream, seq_len, bs, device, autocast)
+        r = packed_loss(model, stream, seq_len, bs, device, autocast, loss_chunk)
         out["target"] = {"kind": kind, "path": str(tcfg["path"]), "tokens": r["tokens"], "value": r["loss"]}
     else:
         items = read_mc(tcfg["path"], int(tcfg["max_items"]))

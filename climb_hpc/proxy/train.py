@@ -2,8 +2,9 @@
 
 The loop is plain PyTorch on purpose: AdamW, an LR computed from the step (so a resumed run needs no
 scheduler state; both from ``climb_hpc.training``, shared with the Minitron engine), gradient accumulation,
-bf16 autocast where the hardware has it. A checkpoint holds the model, the optimizer, the step, the loss
-history and the RNG states; the data position is the step itself (the sampler's plan is fixed by the seed). With the same thread count, a trial stopped and resumed any
+bf16 autocast where the hardware has it, the loss from the final hidden states with the output head fused into
+the cross-entropy ``proxy.loss_chunk_tokens`` tokens at a time (no whole logits). A checkpoint holds the model,
+the optimizer, the step, the loss history and the RNG states; the data position is the step itself (the sampler's plan is fixed by the seed). With the same thread count, a trial stopped and resumed any
 number of times ends with exactly the weights and losses of one that never stopped.
 
 Trial folder::
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from climb_hpc import preempt
+from climb_hpc.minitron.losses import linear_ce_sum
 from climb_hpc.proxy.model import build_model, count_params, train_flops_per_token
 from climb_hpc.proxy.sampler import MixtureSampler, training_streams
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
@@ -172,13 +174,15 @@ def run_trial(cfg: DictConfig, rd: RunDir, out: Path, weights: Mapping[Union[int
         attempts = read_json(out / "attempts.json", default=[])
         atomic_write_json(out / "attempts.json", [*attempts, step])  # the step each attempt began at
         _write_log(out / "train_log.jsonl", history)  # drops steps logged after the checkpoint
-        fwd = torch.compile(model) if pcfg.get("compile") else model
+        net = model.model if int(pcfg["loss_chunk_tokens"]) > 0 else model  # the body, or the whole LM
+        fwd = torch.compile(net) if pcfg.get("compile") else net
         first = step
         train_s = _train(fwd, model, opt, sampler, pcfg, device, autocast, out, step, steps, history)
         model.eval()
         result = targets.evaluate(model, tcfg, rd, clusters=clusters, holdout=float(pcfg.holdout_fraction),
                                   seq_len=seq_len, tokenizer=load_fast(tokenizer_dir(rd)),
-                                  eos_id=summary["eos_id"], device=device, autocast=autocast)
+                                  eos_id=summary["eos_id"], device=device, autocast=autocast,
+                                  loss_chunk=int(pcfg.loss_chunk_tokens))
         if pcfg.get("save_model"):
             with atomic_path(out / "model") as tmp:
                 model.save_pretrained(str(tmp))
@@ -199,8 +203,17 @@ def run_trial(cfg: DictConfig, rd: RunDir, out: Path, weights: Mapping[Union[int
 def _train(fwd: Any, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: MixtureSampler,
            pcfg: Mapping[str, Any], device: torch.device, autocast: Any, out: Path, step: int, steps: int,
            history: list[dict[str, Any]]) -> float:
-    """Optimizer steps ``step .. steps - 1``; returns the seconds spent. Saves and raises on preemption."""
+    """Optimizer steps ``step .. steps - 1``; returns the seconds spent. Saves and raises on preemption.
+
+    With ``proxy.loss_chunk_tokens`` > 0, ``fwd`` is the model's body: the loss comes from its final hidden states
+    through the output head fused with the cross-entropy, that many tokens at a time
+    (:func:`climb_hpc.minitron.losses.linear_ce_sum`); 0: ``fwd`` is the whole LM and the loss is taken from its
+    whole logits."""
     seq_len, batch = int(pcfg["seq_len"]), int(pcfg["batch_size"])
+    chunk = int(pcfg["loss_chunk_tokens"])
+    head = model.get_output_embeddings()
+    if chunk > 0 and getattr(head, "bias", None) is not None:
+        raise ValueError("proxy.loss_chunk_tokens > 0 needs an output head without a bias; set it to 0")
     micro = int(pcfg.get("micro_batch_size") or batch)
     clip, every = float(pcfg["optim"]["grad_clip"]), int(pcfg["ckpt_every"])
     first_step = step
@@ -214,9 +227,14 @@ def _train(fwd: Any, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler
             total = 0.0
             for m in range(0, batch, micro):
                 seqs = torch.from_numpy(sampler.sequences(step * batch + m, micro)).to(device, non_blocking=True)
-                with autocast():
-                    logits = fwd(input_ids=seqs[:, :-1]).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten()) * (micro / batch)
+                if chunk > 0:
+                    with autocast():
+                        hidden = fwd(input_ids=seqs[:, :-1]).last_hidden_state
+                        loss = linear_ce_sum(hidden, head.weight, seqs[:, 1:], chunk) / (batch * seq_len)
+                else:
+                    with autocast():
+                        logits = fwd(input_ids=seqs[:, :-1]).logits
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten()) * (micro / batch)
                 loss.backward()
                 total += float(loss.detach())
             if clip > 0:
