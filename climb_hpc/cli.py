@@ -9,6 +9,9 @@
         rehearses every stage with no data and no GPU (models on the meta device, pruning targets, batch
         arithmetic, sequence lengths, time limits, peak memory a GPU); rc 2 when a check fails. `run` runs it
         first unless preflight=skip
+    climb-hpc export run_dir=DIR format=parquet out=DIR2 [tokens=N] [cluster=...]
+        the mixture's documents (id, text, cluster, split, epoch) at a token budget (default mix.tokens) as
+        Parquet shards, one a tokenize part, written in parallel by an array; datasets.load_dataset reads them
     climb-hpc report run_dir=DIR [max_points=5000] [dpi=100] [top_trials=5]
         writes (refreshes) DIR/report.html, one self-contained page, and its PNGs in DIR/report/
     climb-hpc train-raters input=LABELLED.jsonl output=DIR [text_field=text] [epoch=25 lr=0.5 wordNgrams=2 ...]
@@ -69,6 +72,22 @@ def cmd_run(args: list[str]) -> int:
     lines = summary_lines(cfg.run_dir)
     if lines:
         print("\n" + "\n".join(lines))
+    return 0
+
+
+def cmd_export(args: list[str]) -> int:
+    """``export run_dir=DIR format=parquet out=DIR2 [tokens=N]``: the export stage on a run whose mix is done."""
+    from climb_hpc.config import compose_for_run
+    from climb_hpc.pipeline import run_pipeline
+
+    short = {"format": "mix.export.format", "out": "mix.export.out", "tokens": "mix.export.token_budget"}
+    given = _kv(args)
+    if "run_dir" not in given or not RunDir(given["run_dir"]).exists():
+        raise ConfigError("export needs run_dir=DIR of a run whose mix stage is complete")
+    rest = [f"{short.get(k, k)}={v}" for k, v in given.items()]
+    cfg = compose_for_run([*rest, "pipeline.stages=[export]", "until=null"])
+    results = run_pipeline(cfg)
+    print(f"export: {results[-1].num_tasks} shard(s) in {cfg.mix.export.out}")
     return 0
 
 
@@ -187,7 +206,7 @@ def cmd_train_raters(args: list[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan,
-            "preflight": cmd_preflight, "train-raters": cmd_train_raters}
+            "preflight": cmd_preflight, "train-raters": cmd_train_raters, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -228,6 +228,7 @@ class Tokenize:
     vocab_size: int
     min_frequency: int
     train_sample_docs: int
+    max_parts: int
     batch_size: int
     cpus: int
     mem_gb: Any = number()
@@ -310,11 +311,21 @@ class Search:
 
 
 @dataclass
+class MixExport:
+    format: str
+    out: Optional[str]
+    token_budget: Optional[int]
+    rows_per_group: int
+
+
+@dataclass
 class Mix:
     tokens: int
     weights: Any = expect(MAPPING)  # {cluster: weight}, or null
     weights_from: Optional[str]
     seed: Optional[int]
+    materialize: bool
+    export: MixExport
     cpus: int
     mem_gb: Any = number()
     time_min: int

@@ -148,6 +148,7 @@ REGISTRY: dict[str, str] = {
     "tokenize": "climb_hpc.corpus.tokenize:STAGE",
     "search": "climb_hpc.search.stage:STAGE",
     "mix": "climb_hpc.search.mix:STAGE",
+    "export": "climb_hpc.search.export:STAGE",  # not in the default pipeline: `climb-hpc export`
     "correct": "climb_hpc.minitron.correct:STAGE",
     "importance": "climb_hpc.minitron.importance:STAGE",
     "prune": "climb_hpc.minitron.prune:STAGE",

@@ -15,15 +15,25 @@ import pyarrow.parquet as pq
 import pytest
 
 from climb_hpc.corpus import iter_doc_shards
-from climb_hpc.corpus.tokenize import cluster_ids, load_cluster, summary_path, tokenizer_dir
+from climb_hpc.corpus.tokenize import (
+    cluster_ids,
+    cluster_parts,
+    cluster_stores,
+    outputs,
+    read_rows,
+    store_ids,
+    summary_path,
+    tokenizer_dir,
+)
 from climb_hpc.corpus.tokenizer import token_dtype
 from climb_hpc.pipeline import run_pipeline
+from climb_hpc.proxy.sampler import heldout_mask
 from climb_hpc.rundir import RunDir, read_json
 from tests.conftest import make_cfg, plant_refine
 
 SMALL = ("corpus.builtin.docs_per_domain=10", "pipeline.stages=[ingest,refine,tokenize]", "clusters.refine.from_field=source",
          "tokenize.vocab_size=600",
-         "tokenize.train_sample_docs=40", "tokenize.batch_size=4")
+         "tokenize.train_sample_docs=40", "tokenize.batch_size=4", "proxy.holdout_fraction=0.25")
 
 
 def _docs(run: Path) -> list[dict]:
@@ -46,7 +56,28 @@ def run(tmp_path_factory) -> Path:
     return _tokenized_run(tmp_path_factory.mktemp("tok"))
 
 
-def test_token_store_round_trips(run):
+def _megatron(prefix):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+    return IndexedDataset(str(prefix))
+
+
+def _stores(rd: RunDir):
+    """(cluster, split, part, prefix) of every store the summary lists."""
+    s = read_json(summary_path(rd))
+    for c, v in s["clusters"].items():
+        for t, splits in v["parts"].items():
+            for split, n in splits.items():
+                if n["docs"]:
+                    yield int(c), split, int(t), outputs(rd).store(int(t), int(c), split)
+
+
+def test_megatron_reads_every_store_and_its_tokens_are_the_tokenizers(run):
+    """megatron-core's own IndexedDataset opens each store; document i is the run tokenizer's ids of the
+    text of side-table id i, then EOS; the split is the id hash's; docs stay in corpus order."""
     from transformers import AutoTokenizer
 
     rd = RunDir(run)
@@ -54,19 +85,21 @@ def test_token_store_round_trips(run):
     hf = AutoTokenizer.from_pretrained(str(tokenizer_dir(rd)), local_files_only=True)
     assert s["dtype"] == "uint16" and s["vocab_size"] == len(hf) <= 600 and s["eos_id"] == hf.eos_token_id
     docs = {d["id"]: d["text"] for d in _docs(run)}
-    checked = 0
-    for c in cluster_ids(rd):
-        tokens, index = load_cluster(rd, c)
-        assert tokens.dtype == np.uint16
-        assert len(tokens) == s["clusters"][str(c)]["tokens"] == int((index.column("n_tokens").to_numpy() + 1).sum())
-        for r in index.to_pylist():
-            ids = tokens[r["offset"]: r["offset"] + r["n_tokens"]]
-            assert tokens[r["offset"] + r["n_tokens"]] == s["eos_id"] and s["eos_id"] not in ids
-            assert hf.decode(ids.tolist()) == docs[r["id"]]  # byte-level BPE: exact
+    checked, held = 0, 0
+    for c, split, t, prefix in _stores(rd):
+        ds = _megatron(prefix)
+        side = store_ids(prefix)
+        assert len(ds) == side.num_rows == s["clusters"][str(c)]["parts"][str(t)][split]["docs"]
+        assert ds.index.dtype == np.uint16
+        assert list(heldout_mask(side.column("id").to_pylist(), 0.25)) == [split == "heldout"] * len(ds)
+        for i, (doc_id, row) in enumerate(zip(side.column("id").to_pylist(), side.column("row").to_pylist(), strict=True)):
+            want = hf(docs[doc_id], add_special_tokens=False)["input_ids"] + [s["eos_id"]]
+            assert ds[i].tolist() == want
+            assert hf.decode(want[:-1]) == docs[doc_id]  # byte-level BPE: exact
             checked += 1
-        rows = index.column("row").to_numpy()
-        assert (np.diff(rows) > 0).all()  # docs in corpus order within a cluster
-    assert checked == s["docs"] == 60
+        assert (np.diff(side.column("row").to_numpy()) > 0).all()  # corpus order within a store
+        held += len(ds) if split == "heldout" else 0
+    assert checked == s["docs"] == 60 and 0 < held == sum(v["heldout_docs"] for v in s["clusters"].values()) < 30
 
 
 def test_counts_per_cluster_match_doc_clusters(run):
@@ -78,14 +111,14 @@ def test_counts_per_cluster_match_doc_clusters(run):
     assert s["tokens"] == s["doc_tokens"] + s["docs"] and s["tokens_per_s"] > 0
     table = pq.read_table(run / "refine" / "doc_clusters.parquet")
     pruned = {i for i, c in zip(table.column("id").to_pylist(), dc.tolist(), strict=True) if c == -1}
-    stored = {i for c in cluster_ids(RunDir(run)) for i in load_cluster(RunDir(run), c)[1].column("id").to_pylist()}
+    stored = {i for *_, prefix in _stores(RunDir(run)) for i in store_ids(prefix).column("id").to_pylist()}
     assert not pruned & stored and len(stored) == 60
 
 
 def _digest(run: Path) -> dict[str, str]:
     tok = run / "tokenize"
-    files = [*sorted((tok / "tokenizer").iterdir()), *sorted(tok.glob("cluster_*"))]
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    files = [*sorted((tok / "tokenizer").iterdir()), *sorted(tok.glob("parts/*/cluster_*"))]
+    return {str(p.relative_to(tok)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_deterministic(run, tmp_path):
@@ -93,15 +126,28 @@ def test_deterministic(run, tmp_path):
     assert _digest(again) == _digest(run)  # same seed: same tokenizer files, same token bytes
 
 
+def test_max_parts_groups_shards_and_keeps_the_documents(run, tmp_path):
+    """max_parts=3: 7 ingest shards in 3 tasks; each cluster's stores, read in part order, hold the same
+    documents and tokens as with one part a shard."""
+    few = _tokenized_run(tmp_path / "few", "tokenize.max_parts=3")
+    assert read_json(summary_path(RunDir(few)))["parts"] == 3 and read_json(summary_path(RunDir(run)))["parts"] == 7
+
+    def streams(r: Path) -> dict:
+        return {(c, split): np.concatenate([s.tokens for s in cluster_stores(RunDir(r), c, split)]).tolist()
+                for c in cluster_ids(RunDir(r)) for split in ("train", "heldout") if cluster_parts(RunDir(r), c, split)}
+    assert streams(few) == streams(run)
+
+
+def test_read_rows_reads_only_the_row_groups_it_needs(tmp_path):
+    import pyarrow as pa
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": np.arange(1000)}), path, row_group_size=100)
+    assert read_rows(path, 250, 420, ["x"]).column("x").to_pylist() == list(range(250, 420))
+    assert read_rows(path, 990, 1000, ["x"]).num_rows == 10 and read_rows(path, 5, 5, ["x"]).num_rows == 0
+
+
 def test_dtype_rule():
-    assert token_dtype(600) == token_dtype(65536) == "uint16"
-    assert token_dtype(65537) == token_dtype(151_936) == "uint32"
-
-
-def test_given_hf_tokenizer(run, tmp_path):
-    """tokenize.tokenizer=PATH uses that tokenizer (here: the one the first run trained)."""
-    other = _tokenized_run(tmp_path / "given", f"tokenize.tokenizer={tokenizer_dir(RunDir(run))}")
-    s = read_json(summary_path(RunDir(other)))
-    assert s["tokenizer"]["kind"] == "pretrained"
-    assert {k: v for k, v in _digest(other).items() if k.startswith("cluster_")} == \
-        {k: v for k, v in _digest(run).items() if k.startswith("cluster_")}
+    """Megatron's: uint16 below 65500 ids, else int32 (its DType has no uint32)."""
+    assert token_dtype(600) == token_dtype(65499) == "uint16"
+    assert token_dtype(65500) == token_dtype(128_256) == "int32"

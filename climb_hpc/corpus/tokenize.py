@@ -1,30 +1,34 @@
-"""Stage ``tokenize``: kept documents -> one flat token file per final cluster, with an index.
+"""Stage ``tokenize``: kept documents -> per-cluster token stores in Megatron's indexed-dataset format.
 
 Input: ``refine/doc_clusters.parquet`` (``id``, ``cluster``; -1 = pruned) in corpus order (the ingest
-doc shards concatenated). Layout under ``<run_dir>/tokenize/``::
+doc shards concatenated). Each task takes a contiguous run of ingest shards (at most ``tokenize.max_parts``
+tasks) and writes, for every cluster it meets, one store of its training documents and one of its
+held-out ones (``proxy.holdout_fraction``, by a hash of the id: decided here once, never again). Layout
+under ``<run_dir>/tokenize/``::
 
     tokenizer/                        HF fast tokenizer (AutoTokenizer.from_pretrained loads it)
-    plan.json                         settings, tokenizer (vocab, eos id, dtype), task -> ingest shard rows
-    parts/task_{t:05d}/cluster_{c:05d}.bin   the task's tokens of cluster c (each doc + EOS)
-    parts/task_{t:05d}/index.parquet  row, id, cluster, n_tokens of the task's kept docs, in row order
-    cluster_{c:05d}.bin               flat token ids (finalize: parts merged in task order)
-    cluster_{c:05d}.idx.parquet       id, row, offset, n_tokens: doc i = tokens[offset : offset + n_tokens],
-                                      followed by the EOS id at offset + n_tokens
-    summary.json                      dtype, vocab size, eos id, tokens and docs per cluster, tokens/s
+    plan.json                         settings, tokenizer (vocab, eos id, dtype), task -> ingest shards
+    parts/part_{t:05d}/cluster_{c:05d}.{split}.bin / .idx
+                                      a Megatron MMIDIDX store (megatron-core's IndexedDataset reads it):
+                                      split = train | heldout; each document followed by EOS
+    parts/part_{t:05d}/cluster_{c:05d}.{split}.ids.parquet
+                                      id, row (corpus row) of each document, in store order
+    parts/part_{t:05d}/stats.json     the task's docs and tokens per cluster and split
+    summary.json                      dtype, vocab, eos id, tokens and docs per cluster, and per part
 
-The controller (``prepare``) makes the tokenizer once: ``tokenize.tokenizer: null`` trains a
-byte-level BPE (``tokenize.vocab_size``, ``min_frequency``) on a seeded sample of
-``train_sample_docs`` kept documents; a path copies that HF tokenizer (``local_files_only``). Tokens
-are ``uint16`` when the vocabulary fits (<= 65536 ids), else ``uint32``. One task per ingest shard;
-a task writes its part folder atomically (a temp folder renamed), so a killed task leaves nothing
-half-written. Parts are kept after the merge (finalize can be rerun from them); delete
-``tokenize/parts`` by hand once the stage is complete to halve the disk used.
+So a cluster is at most ``max_parts`` stores a split, written in parallel by the array, never merged:
+trainers take them as a blend (the mix stage writes it). Tokens are Megatron's dtype: uint16 below 65500
+ids, else int32. The controller (``prepare``) makes the tokenizer once: ``tokenize.tokenizer: null``
+trains a byte-level BPE (``tokenize.vocab_size``, ``min_frequency``) on ``train_sample_docs`` kept
+documents of a seeded sample of shards; a path copies that HF tokenizer (``local_files_only``). A task
+reads the labels of its own rows only (Parquet row groups), and writes its part folder atomically (a
+temp folder renamed), so a killed task leaves nothing half-written. The controller's finalize only
+sums the tasks' stats.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import zlib
 from dataclasses import dataclass
@@ -33,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from climb_hpc.config import section
 from climb_hpc.corpus import doc_shard_paths, ingest
 from climb_hpc.corpus import tokenizer as tk
+from climb_hpc.corpus.store import Store, StoreWriter
 from climb_hpc.estimate import Inputs, Ledger, Work, rate
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
@@ -48,10 +52,9 @@ if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
 
 NAME = "tokenize"
-PLAN_VERSION = 1
-INDEX_SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("cluster", pa.int64()), ("n_tokens", pa.int64())])
-CLUSTER_INDEX_SCHEMA = pa.schema([("id", pa.string()), ("row", pa.int64()), ("offset", pa.int64()),
-                                  ("n_tokens", pa.int64())])
+PLAN_VERSION = 2
+SPLITS = ("train", "heldout")
+IDS_SCHEMA = pa.schema([("id", pa.string()), ("row", pa.int64())])
 
 
 # ---------------------------------------------------------------- paths
@@ -76,13 +79,15 @@ class Outputs:
         return self.dir / "summary.json"
 
     def part(self, task: int) -> Path:
-        return self.dir / "parts" / f"task_{task:05d}"
+        return self.dir / "parts" / f"part_{task:05d}"
 
-    def cluster_bin(self, c: int) -> Path:
-        return self.dir / f"cluster_{c:05d}.bin"
+    def store(self, task: int, c: int, split: str) -> Path:
+        """A store's prefix (``.bin``, ``.idx`` and ``.ids.parquet`` beside it)."""
+        return self.part(task) / store_name(c, split)
 
-    def cluster_index(self, c: int) -> Path:
-        return self.dir / f"cluster_{c:05d}.idx.parquet"
+
+def store_name(c: int, split: str) -> str:
+    return f"cluster_{c:05d}.{split}"
 
 
 def outputs(rd: RunDir) -> Outputs:
@@ -105,14 +110,6 @@ def part_dir(rd: RunDir, task: int) -> Path:
     return outputs(rd).part(task)
 
 
-def cluster_bin(rd: RunDir, c: int) -> Path:
-    return outputs(rd).cluster_bin(c)
-
-
-def cluster_index(rd: RunDir, c: int) -> Path:
-    return outputs(rd).cluster_index(c)
-
-
 def summary_path(rd: RunDir) -> Path:
     return outputs(rd).summary
 
@@ -132,13 +129,43 @@ def doc_clusters_path(rd: RunDir) -> Path:
 # ---------------------------------------------------------------- reading back
 
 
-def load_cluster(rd: RunDir, c: int) -> tuple[np.ndarray, pa.Table]:
-    """(tokens as a read-only memmap, index table) of cluster ``c``."""
+def load_summary(rd: RunDir) -> dict[str, Any]:
     s = read_json(summary_path(rd))
     if s is None:
         raise FileNotFoundError(f"{summary_path(rd)} is missing: the tokenize stage has not finished")
-    tokens = np.memmap(cluster_bin(rd, c), dtype=s["dtype"], mode="r")
-    return tokens, pq.read_table(cluster_index(rd, c))
+    return s
+
+
+def cluster_parts(rd: RunDir, c: int, split: str = "train") -> list[int]:
+    """The parts (tasks) that hold documents of cluster ``c`` in ``split``, in corpus order."""
+    parts = load_summary(rd)["clusters"][str(c)]["parts"]
+    return sorted(int(t) for t, v in parts.items() if v[split]["docs"] > 0)
+
+
+def cluster_stores(rd: RunDir, c: int, split: str = "train") -> list[Store]:
+    """Cluster ``c``'s stores of ``split``, in corpus order (their documents, concatenated, are the
+    cluster's documents of that split in corpus order)."""
+    return [Store(outputs(rd).store(t, c, split)) for t in cluster_parts(rd, c, split)]
+
+
+def store_ids(prefix: Path) -> pa.Table:
+    """``id``, ``row`` of each document of the store at ``prefix``, in store order."""
+    return pq.read_table(Path(str(prefix) + ".ids.parquet"))
+
+
+def read_rows(path: Path, a: int, b: int, columns: list[str]) -> pa.Table:
+    """Rows ``[a, b)`` of a Parquet file, reading only the row groups that hold them."""
+    f = pq.ParquetFile(path)
+    groups, first, start = [], None, 0
+    for g in range(f.metadata.num_row_groups):
+        n = f.metadata.row_group(g).num_rows
+        if start < b and start + n > a:
+            groups.append(g)
+            first = start if first is None else first
+        start += n
+    if not groups:
+        return pa.table({c: pa.array([], f.schema_arrow.field(c).type) for c in columns})
+    return f.read_row_groups(groups, columns=columns).slice(a - first, b - a)
 
 
 # ---------------------------------------------------------------- config
@@ -154,14 +181,17 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     t = _t(cfg)
     return {"tokenizer": run_tokenizer(cfg),  # the given checkpoint's when tokenize.tokenizer is unset
             "vocab_size": int(t.vocab_size), "min_frequency": int(t.min_frequency),
-            "train_sample_docs": int(t.train_sample_docs), "seed": int(cfg.seed)}
+            "train_sample_docs": int(t.train_sample_docs), "seed": int(cfg.seed),
+            "max_parts": int(t.max_parts), "holdout_fraction": float(cfg.proxy.holdout_fraction)}
 
 
-def _clusters(rd: RunDir) -> pa.Table:
+def _check_clusters(rd: RunDir, n: int) -> None:
     p = doc_clusters_path(rd)
     if not p.exists():
         raise FileNotFoundError(f"{p} is missing: run the refine stage before tokenize")
-    return pq.read_table(p, columns=["id", "cluster"])
+    rows = pq.read_metadata(p).num_rows
+    if rows != n:
+        raise RuntimeError(f"{p} has {rows} rows, the ingest shards {n}")
 
 
 # ---------------------------------------------------------------- controller side
@@ -176,29 +206,41 @@ def _shard_rows(rd: RunDir) -> list[dict[str, Any]]:
     return out
 
 
-def _sample_texts(rd: RunDir, clusters: np.ndarray, shards: list[dict[str, Any]], k: int, seed: int) -> list[str]:
-    """Texts of ``k`` kept docs drawn without replacement (seeded by run seed + stage), in corpus order."""
-    kept = np.flatnonzero(clusters >= 0)
+def _group(shards: list[dict[str, Any]], max_parts: int) -> list[list[dict[str, Any]]]:
+    """Contiguous runs of shards, one a task: ``min(len(shards), max_parts)`` tasks of about equal shard counts."""
+    k = max(1, min(len(shards), max_parts))
+    bounds = [len(shards) * i // k for i in range(k + 1)]
+    return [shards[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def _sample_texts(rd: RunDir, shards: list[dict[str, Any]], k: int, seed: int) -> list[str]:
+    """Texts of ``k`` kept docs: whole shards taken in a seeded order until they hold ``k`` kept docs, then
+    ``k`` of those drawn without replacement (so the controller reads about ``k`` docs, not the corpus)."""
     rng = np.random.default_rng([seed, zlib.crc32(NAME.encode())])
-    rows = np.sort(rng.choice(kept, size=min(k, len(kept)), replace=False)) if len(kept) else kept
     docs = ingest.outputs(rd).docs
     texts: list[str] = []
-    for s in shards:
-        local = rows[(rows >= s["offset"]) & (rows < s["offset"] + s["rows"])] - s["offset"]
-        if len(local):
-            col = pq.read_table(docs / s["shard"], columns=["text"]).column("text")
-            texts.extend(col.take(pa.array(local)).to_pylist())
+    for i in rng.permutation(len(shards)):
+        s = shards[int(i)]
+        labels = read_rows(doc_clusters_path(rd), s["offset"], s["offset"] + s["rows"], ["cluster"])
+        keep = np.flatnonzero(labels.column("cluster").to_numpy() >= 0)
+        if len(keep):
+            texts.extend(pq.read_table(docs / s["shard"], columns=["text"]).column("text")
+                         .take(pa.array(keep)).to_pylist())
+        if len(texts) >= k:
+            break
+    if len(texts) > k:
+        texts = [texts[i] for i in np.sort(rng.choice(len(texts), size=k, replace=False))]
     return texts
 
 
-def _make_tokenizer(rd: RunDir, settings: dict[str, Any], clusters: np.ndarray, shards: list[dict[str, Any]]) -> dict:
+def _make_tokenizer(rd: RunDir, settings: dict[str, Any], shards: list[dict[str, Any]]) -> dict:
     with atomic_path(tokenizer_dir(rd)) as tmp:
         tmp.mkdir()
         if settings["tokenizer"]:
             extra = tk.save_pretrained_copy(settings["tokenizer"], tmp)
             source = {"kind": "pretrained", "path": settings["tokenizer"], **extra}
         else:
-            texts = _sample_texts(rd, clusters, shards, settings["train_sample_docs"], settings["seed"])
+            texts = _sample_texts(rd, shards, settings["train_sample_docs"], settings["seed"])
             if not texts:
                 raise RuntimeError("tokenize: no kept documents to train the tokenizer on (every doc is pruned)")
             t0 = time.perf_counter()
@@ -208,23 +250,21 @@ def _make_tokenizer(rd: RunDir, settings: dict[str, Any], clusters: np.ndarray, 
 
 
 def prepare(cfg: DictConfig, rd: RunDir) -> None:
-    """Make the tokenizer and plan one task per ingest shard, once (a stored plan is checked, not redone)."""
+    """Make the tokenizer and plan the tasks (contiguous runs of ingest shards), once (a stored plan is
+    checked, not redone). Reads Parquet footers and the tokenizer's sample only."""
     settings = _settings(cfg)
     shards = _shard_rows(rd)
-    table = _clusters(rd)
     n = sum(s["rows"] for s in shards)
-    if table.num_rows != n:
-        raise RuntimeError(f"{doc_clusters_path(rd)} has {table.num_rows} rows, the ingest shards {n}")
+    _check_clusters(rd, n)
+    tasks = [{"shards": g} for g in _group(shards, settings["max_parts"])]
     stored = read_json(plan_path(rd))
     if stored is not None:
-        if stored["settings"] != settings or stored["tasks"] != shards:
+        if stored.get("version") != PLAN_VERSION or stored["settings"] != settings or stored["tasks"] != tasks:
             raise RuntimeError(f"{plan_path(rd)} was planned with other settings or another corpus; use a new run "
                                f"folder, or remove {tok_dir(rd)} and {rd.marker_dir(NAME)}")
         return
-    clusters = table.column("cluster").to_numpy()
-    tokenizer = _make_tokenizer(rd, settings, clusters, shards)
-    plan = {"version": PLAN_VERSION, "settings": settings, "tokenizer": tokenizer, "n_docs": n,
-            "n_kept": int((clusters >= 0).sum()), "tasks": shards}
+    tokenizer = _make_tokenizer(rd, settings, shards)
+    plan = {"version": PLAN_VERSION, "settings": settings, "tokenizer": tokenizer, "n_docs": n, "tasks": tasks}
     atomic_write_json(plan_path(rd), plan)
 
 
@@ -246,41 +286,66 @@ def load_plan(rd: RunDir) -> dict[str, Any]:
 # ---------------------------------------------------------------- a task
 
 
-def tokenize_shard(rd: RunDir, plan: dict[str, Any], task: int, out: Path, batch_size: int) -> dict[str, int]:
-    """Tokenize the kept docs of ingest shard ``task`` into ``out`` (a fresh folder); returns counts."""
-    spec = plan["tasks"][task]
-    a, b = spec["offset"], spec["offset"] + spec["rows"]
-    docs = pq.read_table(ingest.outputs(rd).docs / spec["shard"], columns=["id", "text"])
-    labels = _clusters(rd).slice(a, b - a)
-    if docs.column("id").to_pylist() != labels.column("id").to_pylist():
-        raise RuntimeError(f"tokenize task {task}: ids of {spec['shard']} differ from {doc_clusters_path(rd)} rows "
-                           f"[{a}, {b}): the clusters were made for another corpus")
-    clusters = labels.column("cluster").to_numpy()
-    keep = np.flatnonzero(clusters >= 0)
-    ids = docs.column("id").take(pa.array(keep)).to_pylist()
-    texts = docs.column("text").take(pa.array(keep)).to_pylist()
-    kc = clusters[keep]
+class _PartWriter:
+    """The stores of one part: a writer a (cluster, split), opened at its first document."""
+
+    def __init__(self, out: Path, dtype: np.dtype):
+        self.out, self.dtype = out, dtype
+        self.writers: dict[tuple[int, str], StoreWriter] = {}
+        self.ids: dict[tuple[int, str], tuple[list[str], list[int]]] = {}
+
+    def add(self, c: int, split: str, doc_id: str, row: int, tokens: list[int]) -> None:
+        key = (c, split)
+        if key not in self.writers:
+            self.writers[key] = StoreWriter(self.out / store_name(c, split), self.dtype)
+            self.ids[key] = ([], [])
+        self.writers[key].add(tokens)
+        self.ids[key][0].append(doc_id)
+        self.ids[key][1].append(row)
+
+    def close(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Close every store; returns ``{cluster: {split: {docs, tokens}}}`` (tokens with EOS)."""
+        counts: dict[str, dict[str, dict[str, int]]] = {}
+        for (c, split), w in sorted(self.writers.items()):
+            w.close()
+            ids, rows = self.ids[(c, split)]
+            pq.write_table(pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(rows, pa.int64())],
+                                                schema=IDS_SCHEMA), self.out / f"{store_name(c, split)}.ids.parquet")
+            per = counts.setdefault(str(c), {k: {"docs": 0, "tokens": 0} for k in SPLITS})
+            per[split] = {"docs": len(ids), "tokens": int(np.sum(w._lengths, dtype=np.int64))}
+        return counts
+
+
+def tokenize_part(rd: RunDir, plan: dict[str, Any], task: int, out: Path, batch_size: int) -> dict[str, Any]:
+    """Tokenize the kept docs of task ``task``'s ingest shards into stores under ``out`` (a fresh folder)."""
+    from climb_hpc.proxy.sampler import heldout_mask
+
     tok = tk.load_fast(tokenizer_dir(rd))
     dtype, eos = np.dtype(plan["tokenizer"]["dtype"]), plan["tokenizer"]["eos_id"]
-    files: dict[int, Any] = {}
-    lengths: list[int] = []
+    fraction = float(plan["settings"]["holdout_fraction"])
+    writer = _PartWriter(out, dtype)
+    docs = pruned = chars = 0
     try:
-        for i in range(0, len(texts), batch_size):
-            for k, enc in enumerate(tok.encode_batch(texts[i:i + batch_size], add_special_tokens=False), start=i):
-                c = int(kc[k])
-                if c not in files:
-                    files[c] = open(out / f"cluster_{c:05d}.bin", "wb")  # noqa: SIM115 (closed below)
-                ids_k = enc.ids
-                files[c].write(np.asarray([*ids_k, eos], dtype=dtype).tobytes())
-                lengths.append(len(ids_k))
+        for spec in plan["tasks"][task]["shards"]:
+            a, b = spec["offset"], spec["offset"] + spec["rows"]
+            table = pq.read_table(ingest.outputs(rd).docs / spec["shard"], columns=["id", "text"])
+            labels = read_rows(doc_clusters_path(rd), a, b, ["id", "cluster"])
+            if not table.column("id").equals(labels.column("id")):
+                raise RuntimeError(f"tokenize task {task}: ids of {spec['shard']} differ from {doc_clusters_path(rd)} "
+                                   f"rows [{a}, {b}): the clusters were made for another corpus")
+            clusters = labels.column("cluster").to_numpy()
+            keep = np.flatnonzero(clusters >= 0)
+            ids = table.column("id").take(pa.array(keep)).to_pylist()
+            texts = table.column("text").take(pa.array(keep)).to_pylist()
+            held = heldout_mask(ids, fraction)
+            for i in range(0, len(texts), batch_size):
+                for k, enc in enumerate(tok.encode_batch(texts[i:i + batch_size], add_special_tokens=False), start=i):
+                    writer.add(int(clusters[keep[k]]), SPLITS[int(held[k])], ids[k], a + int(keep[k]), [*enc.ids, eos])
+            docs, pruned, chars = docs + len(keep), pruned + len(clusters) - len(keep), chars + sum(map(len, texts))
     finally:
-        for f in files.values():
-            f.close()
-    index = pa.Table.from_arrays([pa.array(a + keep, pa.int64()), pa.array(ids, pa.string()),
-                                  pa.array(kc, pa.int64()), pa.array(lengths, pa.int64())], schema=INDEX_SCHEMA)
-    pq.write_table(index, out / "index.parquet")
-    return {"docs": len(ids), "pruned": int(len(clusters) - len(keep)), "tokens": int(sum(lengths)),
-            "chars": int(sum(map(len, texts)))}
+        counts = writer.close()
+    tokens = sum(v["tokens"] - v["docs"] for per in counts.values() for v in per.values())
+    return {"docs": docs, "pruned": pruned, "tokens": tokens, "chars": chars, "clusters": counts}
 
 
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
@@ -290,7 +355,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     t0 = time.perf_counter()
     with atomic_path(part_dir(rd, task)) as tmp:
         tmp.mkdir()
-        counts = tokenize_shard(rd, plan, task, tmp, max(1, int(_t(cfg).batch_size)))
+        counts = tokenize_part(rd, plan, task, tmp, max(1, int(_t(cfg).batch_size)))
         secs = time.perf_counter() - t0
         stats = {"task": task, **counts, "seconds": round(secs, 4),
                  "tokens_per_s": round(counts["tokens"] / max(secs, 1e-9), 1)}
@@ -302,62 +367,54 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 # ---------------------------------------------------------------- finalize
 
 
-def _merge_cluster(rd: RunDir, plan: dict[str, Any], c: int, indexes: list[pa.Table]) -> dict[str, int]:
-    """Concatenate cluster c's parts in task order into cluster_c.bin and write its index."""
-    itemsize = np.dtype(plan["tokenizer"]["dtype"]).itemsize
-    parts = []
-    with atomic_path(cluster_bin(rd, c)) as tmp, open(tmp, "wb") as out:
-        for t, index in enumerate(indexes):
-            mine = index.filter(pc.equal(index.column("cluster"), c))
-            if mine.num_rows == 0:
-                continue
-            part = part_dir(rd, t) / f"cluster_{c:05d}.bin"
-            n = mine.column("n_tokens").to_numpy()
-            if part.stat().st_size != int((n + 1).sum()) * itemsize:
-                raise RuntimeError(f"tokenize: {part} does not match its index; rerun task {t}")
-            with open(part, "rb") as f:
-                shutil.copyfileobj(f, out, 16 << 20)
-            parts.append(mine)
-    table = pa.concat_tables(parts)
-    n = table.column("n_tokens").to_numpy()
-    offsets = np.concatenate([[0], np.cumsum(n + 1)[:-1]]).astype(np.int64)
-    idx = pa.Table.from_arrays([table.column("id"), table.column("row"), pa.array(offsets), table.column("n_tokens")],
-                               schema=CLUSTER_INDEX_SCHEMA)
-    with atomic_path(cluster_index(rd, c)) as tmp:
-        pq.write_table(idx, tmp)
-    return {"docs": int(len(n)), "tokens": int((n + 1).sum()), "doc_tokens": int(n.sum())}
-
-
 def finalize(cfg: DictConfig, rd: RunDir) -> None:
-    """Merge the parts per cluster (clusters in increasing id, parts in task order); write summary.json."""
+    """Sum the tasks' stats into summary.json (no token is read or copied: the stores stay where tasks wrote them)."""
     plan = load_plan(rd)
-    indexes = [pq.read_table(part_dir(rd, t) / "index.parquet") for t in range(len(plan["tasks"]))]
-    clusters = sorted({int(c) for ix in indexes for c in ix.column("cluster").to_pylist()})
-    per = {c: _merge_cluster(rd, plan, c, indexes) for c in clusters}
-    stats = [read_json(part_dir(rd, t) / "stats.json", default={}) for t in range(len(plan["tasks"]))]
+    stats = []
+    for t in range(len(plan["tasks"])):
+        st = read_json(part_dir(rd, t) / "stats.json")
+        if st is None:
+            raise RuntimeError(f"tokenize: {part_dir(rd, t)}/stats.json is missing; rerun task {t}")
+        stats.append(st)
+    per: dict[str, dict[str, Any]] = {}
+    for t, st in enumerate(stats):
+        for c, splits in st["clusters"].items():
+            p = per.setdefault(c, {"docs": 0, "tokens": 0, "doc_tokens": 0, "heldout_docs": 0, "heldout_tokens": 0,
+                                   "parts": {}})
+            p["parts"][str(t)] = splits
+            for split, v in splits.items():
+                p["docs"] += v["docs"]
+                p["tokens"] += v["tokens"]
+                p["doc_tokens"] += v["tokens"] - v["docs"]
+                if split == "heldout":
+                    p["heldout_docs"] += v["docs"]
+                    p["heldout_tokens"] += v["tokens"]
+    per = {c: per[c] for c in sorted(per, key=int)}
+    docs, pruned = sum(s["docs"] for s in stats), sum(s["pruned"] for s in stats)
+    if docs + pruned != plan["n_docs"]:
+        raise RuntimeError(f"tokenize: the tasks saw {docs + pruned} docs, the plan has {plan['n_docs']}")
     secs = sum(s.get("seconds", 0.0) for s in stats)
     doc_tokens = sum(p["doc_tokens"] for p in per.values())
-    docs = sum(p["docs"] for p in per.values())
-    if docs != plan["n_kept"]:
-        raise RuntimeError(f"tokenize: {docs} docs in the cluster files, {plan['n_kept']} kept in doc_clusters")
     tok = plan["tokenizer"]
     summary = {
         "dtype": tok["dtype"], "vocab_size": tok["vocab_size"], "eos_id": tok["eos_id"], "eos_token": tok["eos_token"],
         "tokenizer": {k: v for k, v in tok.items() if k not in ("dtype", "vocab_size", "eos_id", "eos_token")},
         "tokenizer_dir": str(tokenizer_dir(rd).relative_to(rd.path)),
-        "n_docs": plan["n_docs"], "docs": docs, "pruned_docs": plan["n_docs"] - plan["n_kept"],
+        "n_docs": plan["n_docs"], "docs": docs, "pruned_docs": pruned,
+        "holdout_fraction": plan["settings"]["holdout_fraction"], "parts": len(plan["tasks"]),
         "tokens": sum(p["tokens"] for p in per.values()), "doc_tokens": doc_tokens,
-        "clusters": {str(c): per[c] for c in clusters},
+        "clusters": per,
         "tokenize_seconds": round(secs, 3), "tokens_per_s": round(doc_tokens / max(secs, 1e-9), 1),
-        "files": {"tokens": "cluster_{c:05d}.bin", "index": "cluster_{c:05d}.idx.parquet"},
+        "files": {"store": "parts/part_{t:05d}/cluster_{c:05d}.{split}", "format": "megatron MMIDIDX .bin/.idx",
+                  "ids": "<store>.ids.parquet"},
     }
     atomic_write_json(summary_path(rd), summary)
     print("tokenize: " + json.dumps({k: summary[k] for k in ("dtype", "vocab_size", "docs", "tokens", "tokens_per_s")})
-          + f", {len(clusters)} clusters", flush=True)
+          + f", {len(per)} clusters in {len(plan['tasks'])} part(s)", flush=True)
 
 
 def cluster_ids(rd: RunDir) -> list[int]:
-    """The clusters with a token file, in increasing order."""
+    """The clusters with documents, in increasing order."""
     return sorted(int(c) for c in (read_json(summary_path(rd)) or {}).get("clusters", {}))
 
 
@@ -365,8 +422,9 @@ def cluster_ids(rd: RunDir) -> list[int]:
 
 
 def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
-    """BPE encoding of every doc, one task an ingest shard, on the task's cores."""
-    return Work("text (CPU)", [ingest.estimate_tasks(cfg, x, led)], threaded=True,
+    """BPE encoding of every doc, one task a run of ingest shards (at most ``tokenize.max_parts``), on its cores."""
+    tasks = min(ingest.estimate_tasks(cfg, x, led), int(_t(cfg).max_parts))
+    return Work("text (CPU)", [tasks], threaded=True,
                 core_s=x.tokens / rate(cfg, x, "tokenize_tokens_s", led, "tokens/s a core"))
 
 

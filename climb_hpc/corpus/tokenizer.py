@@ -95,5 +95,7 @@ def identity_text(ident: dict[str, Any]) -> str:
 
 
 def token_dtype(vocab_size: int) -> str:
-    """uint16 when every id fits (vocab <= 65536, ids 0..65535), else uint32."""
-    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+    """Megatron's rule (its ``optimal_dtype``, which its readers expect): uint16 below 65500 ids, else int32."""
+    from climb_hpc.corpus.store import token_dtype as megatron_dtype
+
+    return str(megatron_dtype(vocab_size))

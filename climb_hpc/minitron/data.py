@@ -5,11 +5,13 @@ and optimizer step ``s`` uses sequences ``[s * G, (s + 1) * G)`` (G = global bat
 micro-batch ``m`` at ``s * G + (m * world + r) * micro``. The data position is thus the step number;
 a resumed run needs no sampler state.
 
-Sources: the mixed dataset (``mix/tokens.bin``, the default), a token store (a ``.bin`` of the run's
-token dtype, or a folder with ``tokens.bin`` + ``summary.json``), or a JSONL file tokenized with the
-run's tokenizer; and, for the tiny teacher's pretraining, every cluster's token store. Validation is a
-held-out slice: the tail of a flat token source (never drawn for training), or the held-out documents
-of the clusters.
+Sources: the mixture (the default): the clusters' training stores sampled at the mixture's weights, as
+a trainer reads the blend the mix stage writes, with no copy of the data; or a given store (a Megatron
+``PREFIX.bin`` + ``.idx``, a flat ``.bin`` of the run's token dtype, or a folder of them: the
+materialised mix or one with ``tokens.bin`` + ``summary.json``), or a JSONL file tokenized with the run's
+tokenizer; and, for the tiny teacher's pretraining, every cluster at its natural share. Validation is
+held out: the clusters' held-out documents (tokenize's ``heldout`` stores), or the tail of a given
+source (never drawn for training).
 """
 
 from __future__ import annotations
@@ -108,56 +110,98 @@ def _jsonl_tokens(rd: RunDir, path: Path, text_field: str) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def load_tokens(rd: RunDir, path: Optional[str], text_field: str = "text") -> tuple[np.ndarray, str]:
-    """(flat token ids, a description): the mixed dataset when ``path`` is None, else a store or JSONL."""
-    if not path:  # the mixed dataset's tokens only: its document index is not needed here
-        from climb_hpc.search.mix import outputs as mix_outputs
+def _folder_tokens(p: Path) -> tuple[object, str]:
+    from climb_hpc.corpus.store import Concat, Store
 
-        mix = mix_outputs(rd)
-        s = read_json(mix.summary)
-        if s is None:
-            raise FileNotFoundError(f"{mix.summary} is missing: the mix stage has not finished")
-        return np.memmap(mix.tokens, dtype=s["dtype"], mode="r"), str(mix.tokens)
+    prefixes = sorted(q.with_suffix("") for q in p.glob("*.idx"))
+    if prefixes:
+        return Concat(Store(q).tokens for q in prefixes), f"{p}: {len(prefixes)} store(s)"
+    s = read_json(p / "summary.json")
+    if s is None or not (p / "tokens.bin").exists():
+        raise FileNotFoundError(f"{p} is a folder without Megatron stores (*.bin + *.idx) or tokens.bin + "
+                                "summary.json: give a token store or a JSONL file")
+    return np.memmap(p / "tokens.bin", dtype=s["dtype"], mode="r"), str(p / "tokens.bin")
+
+
+def load_tokens(rd: RunDir, path: str, text_field: str = "text") -> tuple[np.ndarray, str]:
+    """(flat token ids, a description) of a given source: a store (Megatron prefix, flat .bin, a folder of
+    stores) or a JSONL file."""
     p = Path(path)
     if p.is_dir():
-        s = read_json(p / "summary.json")
-        if s is None:
-            raise FileNotFoundError(f"{p} is a folder without summary.json: give a token store or a JSONL file")
-        return np.memmap(p / "tokens.bin", dtype=s["dtype"], mode="r"), str(p / "tokens.bin")
+        return _folder_tokens(p)  # type: ignore[return-value]
     if p.name.endswith(".jsonl"):
         return _jsonl_tokens(rd, p, text_field), str(p)
+    if p.suffix == ".bin" and p.with_suffix(".idx").exists():
+        from climb_hpc.corpus.store import Store
+
+        return Store(p.with_suffix("")).tokens, str(p)
     if p.suffix == ".bin":
         return np.memmap(p, dtype=_run_tokens_dtype(rd), mode="r"), str(p)
-    raise ValueError(f"data={path}: expected a token store (.bin or a folder with tokens.bin), or a .jsonl file")
+    raise ValueError(f"data={path}: expected a token store (.bin, a Megatron .bin + .idx, or a folder of them), "
+                     "or a .jsonl file")
+
+
+def mixture_weights(rd: RunDir) -> dict[int, float]:
+    """The chosen mixture's weights (``mixture.json``, written by the mix stage)."""
+    from climb_hpc.search.mix import mixture_path
+
+    p = read_json(mixture_path(rd))
+    if p is None:
+        raise FileNotFoundError(f"{mixture_path(rd)} is missing: run the mix stage first, or give data=PATH")
+    return {int(c): float(w) for c, w in p["weights"].items() if float(w) > 0}
 
 
 def flat_data(rd: RunDir, path: Optional[str], seq_len: int, num_sequences: int, seed: int, val_tokens: int,
               text_field: str = "text") -> PhaseData:
+    """The mixture (``path`` None: sampled from the blend, validation on the held-out documents), else a source."""
+    if not path:
+        return cluster_data(rd, seq_len, num_sequences, seed, None, val_tokens, mixture_weights(rd))
     tokens, source = load_tokens(rd, path, text_field)
     end, val = split(tokens, val_tokens, seq_len)
     return PhaseData(TokenWindows(tokens, seq_len, num_sequences, seed, end), val, source, end)
 
 
-def cluster_data(rd: RunDir, seq_len: int, num_sequences: int, seed: int, holdout: float,
-                 val_tokens: int) -> PhaseData:
-    """All clusters' training streams at their natural proportions; validation = their held-out documents."""
-    from climb_hpc.corpus.tokenize import cluster_ids, load_cluster
-    from climb_hpc.proxy.sampler import MixtureSampler, heldout_mask, training_streams
+def mixture_plan(rd: RunDir, seq_len: int, num_sequences: int, seed: int) -> Plan:
+    """Windows of the mixture's training documents at its weights (no validation)."""
+    from climb_hpc.proxy.sampler import MixtureSampler, training_streams
 
-    clusters = cluster_ids(rd)
-    streams = training_streams(rd, clusters, holdout)
-    weights = {c: float(s.total) for c, s in streams.items()}
-    held: list[np.ndarray] = []
-    for c in clusters:
-        tokens, index = load_cluster(rd, c)
-        mask = heldout_mask(index.column("id").to_pylist(), holdout)
-        for a, n in zip(index.column("offset").to_numpy()[mask], index.column("n_tokens").to_numpy()[mask] + 1,
-                        strict=True):
-            held.append(np.asarray(tokens[a:a + n], dtype=np.int64))
-    order = np.random.default_rng([int(seed), zlib.crc32(b"minitron-val")]).permutation(len(held))
-    val_tok = np.concatenate([held[i] for i in order]) if held else np.zeros(0, np.int64)  # clusters interleaved
-    val = val_windows(val_tok[:int(val_tokens)], seq_len)
+    weights = mixture_weights(rd)
+    return MixtureSampler(training_streams(rd, sorted(weights)), weights, seq_len, num_sequences, seed)
+
+
+def heldout_tokens(rd: RunDir, clusters: list[int], max_tokens: int, seed: int) -> np.ndarray:
+    """Up to ``max_tokens`` of the clusters' held-out documents (each + EOS), whole documents in one seeded
+    order over all of them (clusters interleaved)."""
+    from climb_hpc.corpus.tokenize import cluster_stores
+
+    stores = [s for c in clusters for s in cluster_stores(rd, c, "heldout")]
+    cum = np.concatenate([[0], np.cumsum([len(s) for s in stores])]).astype(np.int64)
+    out, n = [], 0
+    for g in np.random.default_rng([int(seed), zlib.crc32(b"minitron-val")]).permutation(int(cum[-1])):
+        if n >= max_tokens:
+            break
+        k = int(np.searchsorted(cum, g, side="right")) - 1
+        doc = stores[k].doc(int(g - cum[k])).astype(np.int64)
+        out.append(doc)
+        n += len(doc)
+    return np.concatenate(out)[:max_tokens] if out else np.zeros(0, np.int64)
+
+
+def cluster_data(rd: RunDir, seq_len: int, num_sequences: int, seed: int, holdout: Optional[float],
+                 val_tokens: int, weights: Optional[dict[int, float]] = None) -> PhaseData:
+    """Clusters' training streams at ``weights`` (None: every cluster at its natural share of tokens);
+    validation = their held-out documents. ``holdout``: the fraction the caller expects the stores to hold
+    out (None: whatever tokenize used)."""
+    from climb_hpc.corpus.tokenize import cluster_ids
+    from climb_hpc.proxy.sampler import MixtureSampler, stored_holdout, training_streams
+
+    holdout = stored_holdout(rd, holdout)
+    clusters = cluster_ids(rd) if weights is None else sorted(weights)
+    streams = training_streams(rd, clusters)
+    weights = {c: float(s.total) for c, s in streams.items()} if weights is None else weights
+    val = val_windows(heldout_tokens(rd, clusters, int(val_tokens), seed), seq_len)
     if len(val) == 0:
         raise ValueError(f"no held-out validation window of {seq_len + 1} tokens (holdout_fraction={holdout})")
     sampler = MixtureSampler(streams, weights, seq_len, num_sequences, seed)
-    return PhaseData(sampler, val, f"tokenize: {len(clusters)} clusters", int(sum(weights.values())))
+    train = int(sum(streams[c].total for c in clusters))
+    return PhaseData(sampler, val, f"tokenize: {len(clusters)} clusters", train)

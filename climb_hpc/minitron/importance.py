@@ -285,15 +285,14 @@ def depth_drop(cfg: DictConfig) -> int:
 
 
 def calibration(cfg: DictConfig, rd: RunDir) -> list[torch.Tensor]:
-    """``samples`` seeded windows of ``seq_len + 1`` tokens of the mixed dataset, in forward passes of
-    ``micro_batch_size`` (else ``batch_size``) windows."""
-    from climb_hpc.minitron.data import TokenWindows, load_tokens
+    """``samples`` seeded windows of ``seq_len + 1`` tokens of the mixture (its training stores at its
+    weights), in forward passes of ``micro_batch_size`` (else ``batch_size``) windows."""
+    from climb_hpc.minitron.data import mixture_plan
     from climb_hpc.minitron.engine import phase_seed
 
     s = _m(cfg).importance
-    tokens, _ = load_tokens(rd, None)
     n, seq_len, bs = int(s.samples), int(s.seq_len), int(s.get("micro_batch_size") or s.batch_size)
-    plan = TokenWindows(tokens, seq_len, n, phase_seed(seed_of(cfg), NAME))
+    plan = mixture_plan(rd, seq_len, n, phase_seed(seed_of(cfg), NAME))
     return [torch.from_numpy(plan.sequences(i, min(bs, n - i))) for i in range(0, n, bs)]
 
 

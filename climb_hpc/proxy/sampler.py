@@ -1,15 +1,16 @@
 """Training sequences drawn from the per-cluster token stores in a mixture's proportions.
 
-A cluster's *training stream* is its documents (each followed by EOS) minus the held-out ones,
-concatenated in corpus order. A training sequence is a window of ``seq_len + 1`` tokens of one
+A cluster's *training stream* is its training documents (each followed by EOS) in corpus order: its
+``train`` token stores from tokenize, one after the other. A training sequence is a window of ``seq_len + 1`` tokens of one
 cluster's stream, starting at a uniform random position (wrapping at the end). The whole plan (which
 cluster and which start for sequence i) is fixed up front from the seed, so the data position of a
 trial is just the number of sequences consumed: resuming needs no sampler state.
 
 Sequence counts per cluster are exact (largest remainder of ``weight x n``), not multinomial draws:
 two trials that differ only in their mixture differ only by it, which keeps trial noise down. A
-zero weight gets zero sequences. Held-out documents are chosen by a hash of the document id, so every
-trial, seed and round holds out the same ones; the targets score on them.
+zero weight gets zero sequences. Held-out documents are chosen by a hash of the document id, once, by
+tokenize (which stores them apart), so every trial, seed and round holds out the same ones; the targets
+score on them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
@@ -37,11 +38,12 @@ def heldout_mask(ids: list[str], fraction: float) -> np.ndarray:
 
 @dataclass
 class ClusterStream:
-    """The token stream of one cluster's selected documents, as contiguous runs of its token file."""
+    """The token stream of one cluster's selected documents, as contiguous runs of token arrays."""
 
     cluster: int
-    tokens: np.ndarray    # the cluster's whole token file (memmap)
-    run_start: np.ndarray  # int64: where each run starts in ``tokens``
+    arrays: list[np.ndarray]  # token arrays (memmaps) the runs lie in
+    run_array: np.ndarray  # int64: the array each run lies in
+    run_start: np.ndarray  # int64: where each run starts in its array
     run_cum: np.ndarray    # int64, len(runs) + 1: stream position where each run starts; [-1] = total
 
     @property
@@ -50,15 +52,24 @@ class ClusterStream:
 
     @classmethod
     def from_spans(cls, cluster: int, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> ClusterStream:
-        """Spans (doc + EOS) in file order; adjacent spans are merged so a window is one or two slices."""
+        """Spans (doc + EOS) of one array in file order; adjacent spans are merged so a window is one or two slices."""
         starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
         if len(starts) == 0:
-            return cls(cluster, tokens, starts, np.zeros(1, np.int64))
+            return cls(cluster, [tokens], starts, starts, np.zeros(1, np.int64))
         new_run = np.ones(len(starts), dtype=bool)
         new_run[1:] = starts[1:] != starts[:-1] + lengths[:-1]
         run_idx = np.cumsum(new_run) - 1
         run_len = np.bincount(run_idx, weights=lengths).astype(np.int64)
-        return cls(cluster, tokens, starts[new_run], np.concatenate([[0], np.cumsum(run_len)]))
+        first = starts[new_run]
+        return cls(cluster, [tokens], np.zeros(len(first), np.int64), first, np.concatenate([[0], np.cumsum(run_len)]))
+
+    @classmethod
+    def from_parts(cls, cluster: int, parts: list[np.ndarray]) -> ClusterStream:
+        """Whole token arrays (a cluster's stores) one after the other."""
+        parts = [p for p in parts if len(p)]
+        n = np.array([len(p) for p in parts], np.int64)
+        return cls(cluster, parts, np.arange(len(parts), dtype=np.int64), np.zeros(len(parts), np.int64),
+                   np.concatenate([[0], np.cumsum(n)]).astype(np.int64))
 
     def window(self, pos: int, n: int) -> np.ndarray:
         """``n`` tokens of the stream from position ``pos``, wrapping around at its end."""
@@ -70,24 +81,31 @@ class ClusterStream:
             offset = pos - int(self.run_cum[r])
             take = min(n - got, int(self.run_cum[r + 1]) - pos)
             a = int(self.run_start[r]) + offset
-            out[got:got + take] = self.tokens[a:a + take]
+            out[got:got + take] = self.arrays[int(self.run_array[r])][a:a + take]
             got += take
             pos = (pos + take) % total
         return out
 
 
-def training_streams(rd: RunDir, clusters: list[int], holdout_fraction: float) -> dict[int, ClusterStream]:
-    """The training stream of each cluster in ``clusters``: its documents minus the held-out ones."""
-    from climb_hpc.corpus.tokenize import load_cluster
+def stored_holdout(rd: RunDir, fraction: Optional[float] = None) -> float:
+    """The held-out fraction tokenize split the stores by; a different ``fraction`` asked for is an error
+    (the split is made once, when tokenizing)."""
+    from climb_hpc.corpus.tokenize import load_summary
 
-    out = {}
-    for c in clusters:
-        tokens, index = load_cluster(rd, c)
-        keep = ~heldout_mask(index.column("id").to_pylist(), holdout_fraction)
-        starts = index.column("offset").to_numpy()[keep]
-        lengths = index.column("n_tokens").to_numpy()[keep] + 1
-        out[c] = ClusterStream.from_spans(c, tokens, starts, lengths)
-    return out
+    stored = float(load_summary(rd)["holdout_fraction"])
+    if fraction is not None and abs(float(fraction) - stored) > 1e-12:
+        raise ValueError(f"the token stores hold out {stored} of the documents (proxy.holdout_fraction when tokenize "
+                         f"ran), not {fraction}: set it back, or tokenize again in a new run folder")
+    return stored
+
+
+def training_streams(rd: RunDir, clusters: list[int], holdout_fraction: Optional[float] = None
+                     ) -> dict[int, ClusterStream]:
+    """The training stream of each cluster in ``clusters``: its ``train`` stores, in corpus order."""
+    from climb_hpc.corpus.tokenize import cluster_stores
+
+    stored_holdout(rd, holdout_fraction)
+    return {c: ClusterStream.from_parts(c, [s.tokens for s in cluster_stores(rd, c, "train")]) for c in clusters}
 
 
 def exact_counts(weights: np.ndarray, n: int) -> np.ndarray:

@@ -77,24 +77,22 @@ def packed_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
 
 
-def heldout_streams(rd: RunDir, clusters: list[int], fraction: float, max_tokens: int, eos_id: int
+def heldout_streams(rd: RunDir, clusters: list[int], fraction: Optional[float], max_tokens: int, eos_id: int
                     ) -> dict[int, np.ndarray]:
-    """Per cluster: ``[EOS]`` + its held-out docs (each + EOS) in corpus order, at most ``max_tokens`` a cluster."""
-    from climb_hpc.corpus.tokenize import load_cluster
-    from climb_hpc.proxy.sampler import heldout_mask
+    """Per cluster: ``[EOS]`` + its held-out docs (each + EOS) in corpus order, at most ``max_tokens`` a cluster
+    (its ``heldout`` stores from tokenize, read only as far as needed)."""
+    from climb_hpc.corpus.tokenize import cluster_stores
+    from climb_hpc.proxy.sampler import stored_holdout
 
+    fraction = stored_holdout(rd, fraction)
     out = {}
     for c in clusters:
-        tokens, index = load_cluster(rd, c)
-        held = heldout_mask(index.column("id").to_pylist(), fraction)
-        offsets = index.column("offset").to_numpy()[held]
-        lengths = index.column("n_tokens").to_numpy()[held] + 1
         parts, n = [np.array([eos_id], np.int64)], 1
-        for a, k in zip(offsets, lengths, strict=True):
+        for store in cluster_stores(rd, c, "heldout"):
             if n >= max_tokens:
                 break
-            take = int(min(k, max_tokens - n))
-            parts.append(np.asarray(tokens[a:a + take], np.int64))
+            take = int(min(store.num_tokens, max_tokens - n))
+            parts.append(np.asarray(store.tokens[:take], np.int64))
             n += take
         if n < 2:
             raise TargetError(f"cluster {c} has no held-out documents at proxy.holdout_fraction={fraction}; "

@@ -1,17 +1,22 @@
-"""Stage ``mix``: the chosen mixture -> ``mixture.json`` and the mixed dataset at a token budget.
+"""Stage ``mix``: the chosen mixture -> ``mixture.json`` and a blend of the token stores that trainers read.
 
 The mixture is the search's best measured one (``search/result.json``) unless ``mix.weights`` gives
-one. Cluster c gets ``weight_c x mix.tokens`` tokens of whole documents: its training documents
-(held-out ones excluded, as in the proxy trials) in a seeded random order, taking another pass in a
-new order when the cluster runs out (``epochs`` in the summary says how often a small cluster
-repeats). One task per cluster with weight > 0 writes its part; finalize interleaves every chosen
-document in one seeded shuffled order::
+one. Cluster c's weight is spread over its training stores (tokenize's ``train`` stores, held-out
+documents excluded, as in the proxy trials) in proportion to their tokens, so that a trainer sampling
+the blend by its weights draws each cluster's share of tokens::
 
-    <run>/mixture.json               weights, where they came from, tokens and epochs per cluster
-    mix/parts/cluster_{c:05d}.bin    (+ .idx.parquet) a task's documents (each + EOS)
-    mix/tokens.bin                   the mixed dataset: flat token ids (tokenize's dtype), doc + EOS ...
-    mix/index.parquet                id, cluster, epoch, offset, n_tokens of each document in tokens.bin
-    mix/summary.json                 dtype, eos id, vocab, tokens and docs per cluster
+    <run>/mixture.json               weights, where they came from; per cluster: tokens at mix.tokens, epochs
+    mix/megatron_data_args.txt       "weight prefix" pairs: Megatron-LM --data-args-path (or --data-path $(cat ..))
+    mix/blend.json, mix/blend.yaml   the same as NeMo's `paths` [w, prefix, ...] and Megatron-Bridge's
+                                     blend [[prefixes], [weights]]
+    mix/summary.json                 dtype, eos id, vocab, the blend's stores, tokens per cluster
+    mix/data/shard_{t:05d}.bin/.idx  with mix.materialize=true only: the mixed dataset at mix.tokens as
+                                     Megatron stores (+ .ids.parquet: id, cluster, epoch), one a task
+
+Nothing is copied unless ``mix.materialize`` is set: then task t takes, from every weighted cluster's
+store of tokenize part t, whole documents up to that store's share of the cluster's tokens (a seeded
+random order, repeated in a new order when a store runs out: ``epochs``), shuffles them together
+(seeded) and writes shard t. The same selection gives the Parquet export (``climb_hpc.search.export``).
 """
 
 from __future__ import annotations
@@ -29,16 +34,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from climb_hpc.config import ConfigError, section
 from climb_hpc.estimate import Inputs, Ledger, Work, rate
-from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.rundir import atomic_write, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 
 if TYPE_CHECKING:
+    from climb_hpc.corpus.store import Store
     from climb_hpc.rundir import RunDir
 
 NAME = "mix"
 log = logging.getLogger("climb_hpc")
-INDEX = pa.schema([("id", pa.string()), ("cluster", pa.int64()), ("epoch", pa.int64()), ("offset", pa.int64()),
-                   ("n_tokens", pa.int64())])
+IDS = pa.schema([("id", pa.string()), ("cluster", pa.int64()), ("epoch", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -49,20 +54,24 @@ class Outputs:
     mixture: Path
 
     @property
-    def tokens(self) -> Path:
-        return self.dir / "tokens.bin"
+    def megatron(self) -> Path:
+        return self.dir / "megatron_data_args.txt"
 
     @property
-    def index(self) -> Path:
-        return self.dir / "index.parquet"
+    def blend_json(self) -> Path:
+        return self.dir / "blend.json"
+
+    @property
+    def blend_yaml(self) -> Path:
+        return self.dir / "blend.yaml"
 
     @property
     def summary(self) -> Path:
         return self.dir / "summary.json"
 
-    def part(self, c: int) -> Path:
-        """A task's part, without suffix: ``.bin`` and ``.idx.parquet``."""
-        return self.dir / "parts" / f"cluster_{c:05d}"
+    def shard(self, t: int) -> Path:
+        """A materialised shard's prefix (``.bin``, ``.idx``, ``.ids.parquet``)."""
+        return self.dir / "data" / f"shard_{t:05d}"
 
 
 def outputs(rd: RunDir) -> Outputs:
@@ -117,9 +126,20 @@ def tokenizer_warning(searched: Optional[dict[str, Any]], data: dict[str, Any]) 
             f"data they mix ({identity_text(data)}): the clusters' token shares, and so the best weights, may differ")
 
 
+def train_tokens(rd: RunDir) -> dict[int, dict[int, int]]:
+    """cluster -> {part: tokens (EOS included) of its train store there}, from tokenize's summary."""
+    from climb_hpc.corpus.tokenize import load_summary
+
+    out = {}
+    for c, v in load_summary(rd)["clusters"].items():
+        out[int(c)] = {int(t): int(p["train"]["tokens"]) for t, p in v["parts"].items() if p["train"]["docs"] > 0}
+    return out
+
+
 def plan(cfg: DictConfig, rd: RunDir) -> dict[str, Any]:
     """Tokens per cluster from the weights and ``mix.tokens``; written once to ``mixture.json``."""
     from climb_hpc.corpus.tokenize import cluster_ids, data_tokenizer
+    from climb_hpc.proxy.sampler import exact_counts, stored_holdout
 
     weights, source, searched = chosen_weights(cfg, rd)
     data = data_tokenizer(rd)
@@ -129,18 +149,25 @@ def plan(cfg: DictConfig, rd: RunDir) -> dict[str, Any]:
     unknown = sorted(set(weights) - set(cluster_ids(rd)))
     if unknown:
         raise ConfigError(f"mix: the mixture weights clusters {unknown} that this run does not have")
+    have = train_tokens(rd)
+    empty = sorted(c for c, w in weights.items() if w > 0 and not have.get(c))
+    if empty:
+        raise ConfigError(f"mix: the mixture weights clusters {empty} that have no training documents "
+                          "(all held out or pruned)")
     budget = int(_m(cfg).tokens)
-    from climb_hpc.proxy.sampler import exact_counts
-
     clusters = sorted(c for c, w in weights.items() if w > 0)
     want = exact_counts(np.array([weights[c] for c in clusters]), budget)
+    per = {}
+    for c, t in zip(clusters, want, strict=True):
+        total = sum(have[c].values())
+        per[str(c)] = {"tokens_target": int(t), "train_tokens": total, "epochs": round(int(t) / total, 4)}
     p = {"weights": {str(c): weights[c] for c in sorted(weights)}, "source": source, "tokens": budget,
-         "holdout_fraction": float(cfg.proxy.holdout_fraction), "seed": _seed(cfg),
-         "clusters": {str(c): {"tokens_target": int(t)} for c, t in zip(clusters, want, strict=True)},
-         "tokenizer": data, **({"warnings": [warning]} if warning else {})}
+         "holdout_fraction": stored_holdout(rd, float(cfg.proxy.holdout_fraction)), "seed": _seed(cfg),
+         "materialize": bool(_m(cfg).get("materialize")),
+         "clusters": per, "tokenizer": data, **({"warnings": [warning]} if warning else {})}
     stored = read_json(mixture_path(rd))
     if stored is not None:
-        same = {k: stored.get(k) for k in ("weights", "tokens", "holdout_fraction", "seed")}
+        same = {k: stored.get(k) for k in ("weights", "tokens", "holdout_fraction", "seed", "materialize")}
         if same != {k: p[k] for k in same}:
             raise RuntimeError(f"{mixture_path(rd)} was planned with another mixture or budget; use a new run folder "
                                f"or remove it, {mix_dir(rd)} and {rd.marker_dir(NAME)}")
@@ -149,20 +176,49 @@ def plan(cfg: DictConfig, rd: RunDir) -> dict[str, Any]:
     return p
 
 
+def blend(rd: RunDir, weights: dict[str, float]) -> list[tuple[float, str]]:
+    """(weight, absolute store prefix) pairs: a cluster's weight spread over its train stores by their tokens.
+    The weights sum to 1; a trainer sampling by them draws each cluster's share of the tokens."""
+    from climb_hpc.corpus.tokenize import outputs as tok_outputs
+
+    have = train_tokens(rd)
+    out = []
+    for c in sorted(int(k) for k, w in weights.items() if float(w) > 0):
+        total = sum(have[c].values())
+        for t, n in sorted(have[c].items()):
+            out.append((float(weights[str(c)]) * n / total, str(tok_outputs(rd).store(t, c, "train").resolve())))
+    return out
+
+
+def write_blend(rd: RunDir, pairs: list[tuple[float, str]]) -> None:
+    """The blend in Megatron-LM's, NeMo's and Megatron-Bridge's spellings."""
+    out = outputs(rd)
+    atomic_write(out.megatron, "".join(f"{w!r} {p}\n" for w, p in pairs))
+    flat: list[Any] = [x for w, p in pairs for x in (w, p)]
+    atomic_write_json(out.blend_json, {"paths": flat, "blend": [[p for _, p in pairs], [w for w, _ in pairs]]})
+    atomic_write(out.blend_yaml, OmegaConf.to_yaml(OmegaConf.create(
+        {"paths": flat, "blend": [[p for _, p in pairs], [w for w, _ in pairs]]})))
+
+
 def _seed(cfg: DictConfig) -> int:
     s = _m(cfg).get("seed")
     return int(cfg.seed if s is None else s)
 
 
 def prepare(cfg: DictConfig, rd: RunDir) -> None:
-    plan(cfg, rd)
+    p = plan(cfg, rd)
+    mix_dir(rd).mkdir(parents=True, exist_ok=True)
+    write_blend(rd, blend(rd, p["weights"]))
 
 
 def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
+    """One task a tokenize part when materialising, else none (the blend needs no copy)."""
+    from climb_hpc.corpus.tokenize import load_summary
+
     p = read_json(mixture_path(rd))
     if p is None:
         raise FileNotFoundError(f"{mixture_path(rd)} is missing: the mix stage has not been prepared")
-    return len(p["clusters"])
+    return int(load_summary(rd)["parts"]) if p.get("materialize") else 0
 
 
 def reads(cfg: DictConfig) -> tuple[str, ...]:
@@ -173,7 +229,7 @@ def reads(cfg: DictConfig) -> tuple[str, ...]:
 
 def select_docs(n_tokens: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(doc indices, epoch of each): whole docs in seeded random order, passes repeated, until >= target tokens."""
-    if target <= 0:
+    if target <= 0 or len(n_tokens) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     per_pass = int(n_tokens.sum())
     full = target // per_pass
@@ -190,91 +246,150 @@ def select_docs(n_tokens: np.ndarray, target: int, rng: np.random.Generator) -> 
     return np.concatenate(picks), np.concatenate(epochs)
 
 
+@dataclass
+class Picked:
+    """Documents of one cluster's train store in tokenize part t, chosen for a budget."""
+
+    cluster: int
+    prefix: Path
+    store: Store
+    docs: np.ndarray    # indices into the store
+    epochs: np.ndarray
+
+    def doc_ids(self, columns: tuple[str, ...] = ("id",)) -> pa.Array:
+        """The picked documents' ids (or another column of the store's side table), in ``docs`` order."""
+        from climb_hpc.corpus.tokenize import store_ids
+
+        return store_ids(self.prefix).column(columns[0]).take(pa.array(self.docs))
+
+
+def part_targets(rd: RunDir, weights: dict[str, float], budget: int) -> dict[int, dict[int, int]]:
+    """cluster -> {part: tokens wanted from its train store there}: the cluster's share of ``budget``
+    (largest remainder), split over its stores by their tokens (largest remainder)."""
+    from climb_hpc.proxy.sampler import exact_counts
+
+    have = train_tokens(rd)
+    clusters = sorted(int(c) for c, w in weights.items() if float(w) > 0)
+    want = exact_counts(np.array([float(weights[str(c)]) for c in clusters]), int(budget))
+    out = {}
+    for c, n in zip(clusters, want, strict=True):
+        parts = sorted(have[c])
+        sizes = np.array([have[c][t] for t in parts], np.float64)
+        out[c] = dict(zip(parts, map(int, exact_counts(sizes / sizes.sum(), int(n))), strict=True))
+    return out
+
+
+def pick_part(rd: RunDir, weights: dict[str, float], budget: int, seed: int, t: int) -> list[Picked]:
+    """What part ``t`` contributes to the mixture at ``budget`` tokens, cluster by cluster (seeded per cluster
+    and part, so every part is chosen independently, by its own task)."""
+    from climb_hpc.corpus.store import Store
+    from climb_hpc.corpus.tokenize import outputs as tok_outputs
+
+    out = []
+    for c, parts in part_targets(rd, weights, budget).items():
+        if t not in parts:
+            continue
+        prefix = tok_outputs(rd).store(t, c, "train")
+        store = Store(prefix)
+        rng = np.random.default_rng([seed, zlib.crc32(NAME.encode()), c, t])
+        docs, epochs = select_docs(store.lengths.astype(np.int64), parts[t], rng)
+        out.append(Picked(c, prefix, store, docs, epochs))
+    return out
+
+
+def shuffled(picked: list[Picked], seed: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(which Picked, which of its docs) of part ``t``'s documents in one seeded order."""
+    which = np.concatenate([np.full(len(p.docs), i) for i, p in enumerate(picked)]) if picked else np.zeros(0, int)
+    k = np.concatenate([np.arange(len(p.docs)) for p in picked]) if picked else np.zeros(0, int)
+    order = np.random.default_rng([seed, zlib.crc32(b"mix-order"), t]).permutation(len(which))
+    return which[order], k[order]
+
+
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
-    from climb_hpc.corpus.tokenize import load_cluster
-    from climb_hpc.proxy.sampler import heldout_mask
+    """Materialise shard ``task``: part ``task``'s picks of every cluster, shuffled, as a Megatron store."""
+    from climb_hpc.corpus.store import StoreWriter
+    from climb_hpc.corpus.tokenize import load_summary
 
     p = read_json(mixture_path(rd))
-    c = sorted(int(k) for k in p["clusters"])[task]
-    tokens, index = load_cluster(rd, c)
-    keep = np.flatnonzero(~heldout_mask(index.column("id").to_pylist(), p["holdout_fraction"]))
-    n = index.column("n_tokens").to_numpy()[keep] + 1  # + EOS
-    rng = np.random.default_rng([p["seed"], zlib.crc32(NAME.encode()), c])
-    docs, epochs = select_docs(n, p["clusters"][str(c)]["tokens_target"], rng)
-    rows = keep[docs]
-    offsets = index.column("offset").to_numpy()[rows]
-    lengths = n[docs]
-    part = outputs(rd).part(c)
-    with atomic_path(part.with_suffix(".bin")) as tmp, open(tmp, "wb") as f:
-        for a, k in zip(offsets, lengths, strict=True):
-            f.write(np.asarray(tokens[a:a + k]).tobytes())
-    out_offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
-    table = pa.Table.from_arrays([index.column("id").take(pa.array(rows)), pa.array(np.full(len(rows), c)),
-                                  pa.array(epochs), pa.array(out_offsets.astype(np.int64)),
-                                  pa.array((lengths - 1).astype(np.int64))], schema=INDEX)
-    with atomic_path(part.with_suffix(".idx.parquet")) as tmp:
-        pq.write_table(table, tmp)
-    print(f"mix task {task}: cluster {c}: {len(rows)} docs, {int(lengths.sum()):,} tokens "
-          f"(target {p['clusters'][str(c)]['tokens_target']:,}, {int(epochs.max(initial=-1)) + 1} pass(es))", flush=True)
+    picked = pick_part(rd, p["weights"], p["tokens"], p["seed"], task)
+    which, k = shuffled(picked, p["seed"], task)
+    prefix = outputs(rd).shard(task)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    doc_ids = [pk.doc_ids().to_pylist() for pk in picked]
+    ids, clusters, epochs, tokens = [], [], [], 0
+    stem = prefix.parent / f".{prefix.name}.tmp"
+    with StoreWriter(stem, np.dtype(load_summary(rd)["dtype"])) as w:
+        for i, j in zip(which.tolist(), k.tolist(), strict=True):
+            pk = picked[i]
+            doc = pk.store.doc(int(pk.docs[j]))
+            w.add(doc)
+            tokens += len(doc)
+            ids.append(doc_ids[i][j])
+            clusters.append(pk.cluster)
+            epochs.append(int(pk.epochs[j]))
+    pq.write_table(pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(clusters, pa.int64()),
+                                        pa.array(epochs, pa.int64())], schema=IDS), str(stem) + ".ids.parquet")
+    for suffix in (".bin", ".ids.parquet", ".idx"):  # the index last: a store without it is not a store
+        Path(str(stem) + suffix).replace(str(prefix) + suffix)
+    atomic_write_json(Path(str(prefix) + ".stats.json"),
+                      {"docs": len(ids), "tokens": tokens,
+                       "clusters": {str(pk.cluster): {"docs": len(pk.docs), "tokens": int(pk.store.lengths[pk.docs].sum()),
+                                                      "epochs": int(pk.epochs.max(initial=-1)) + 1} for pk in picked}})
+    print(f"mix task {task}: {len(ids)} docs, {tokens:,} tokens from {len(picked)} cluster(s) -> {prefix}", flush=True)
 
 
 def finalize(cfg: DictConfig, rd: RunDir) -> None:
-    """Interleave every cluster's documents in one seeded order into ``mix/tokens.bin`` + ``index.parquet``."""
-    from climb_hpc.corpus.tokenize import summary_path
+    """summary.json: the blend, and the materialised shards' counts (a sum of the tasks' stats)."""
+    from climb_hpc.corpus.tokenize import load_summary
 
     p = read_json(mixture_path(rd))
-    s = read_json(summary_path(rd))
-    dtype = np.dtype(s["dtype"])
-    parts, tables = {}, []
-    for c in sorted(int(k) for k in p["clusters"]):
-        base = outputs(rd).part(c)
-        parts[c] = np.memmap(base.with_suffix(".bin"), dtype=dtype, mode="r")
-        tables.append(pq.read_table(base.with_suffix(".idx.parquet")))
-    table = pa.concat_tables(tables)
-    order = np.random.default_rng([p["seed"], zlib.crc32(b"mix-order")]).permutation(table.num_rows)
-    cl = table.column("cluster").to_numpy()[order]
-    src = table.column("offset").to_numpy()[order]
-    n = table.column("n_tokens").to_numpy()[order] + 1
-    with atomic_path(outputs(rd).tokens) as tmp, open(tmp, "wb") as f:
-        for c, a, k in zip(cl, src, n, strict=True):
-            f.write(np.asarray(parts[int(c)][a:a + k]).tobytes())
-    out = table.take(pa.array(order)).set_column(3, "offset", pa.array(np.concatenate([[0], np.cumsum(n)[:-1]])))
-    with atomic_path(outputs(rd).index) as tmp:
-        pq.write_table(out, tmp)
-    per = {}
-    for c in sorted(parts):
-        sel = cl == c
-        per[str(c)] = {"docs": int(sel.sum()), "tokens": int(n[sel].sum()),
-                       "tokens_target": p["clusters"][str(c)]["tokens_target"],
-                       "epochs": int(table.column("epoch").to_numpy()[order][sel].max(initial=-1)) + 1}
-    summary = {"dtype": s["dtype"], "eos_id": s["eos_id"], "vocab_size": s["vocab_size"], "docs": int(len(order)),
-               "tokens": int(n.sum()), "tokens_target": p["tokens"], "clusters": per,
-               "tokenizer_dir": s["tokenizer_dir"], "files": {"tokens": outputs(rd).tokens.name, "index": outputs(rd).index.name}}
+    s = load_summary(rd)
+    pairs = blend(rd, p["weights"])
+    per = {c: {"tokens_target": v["tokens_target"], "train_tokens": v["train_tokens"], "epochs": v["epochs"]}
+           for c, v in p["clusters"].items()}
+    summary = {"dtype": s["dtype"], "eos_id": s["eos_id"], "vocab_size": s["vocab_size"],
+               "tokenizer_dir": s["tokenizer_dir"], "tokens_target": p["tokens"], "stores": len(pairs),
+               "blend": {"megatron": outputs(rd).megatron.name, "json": outputs(rd).blend_json.name,
+                         "yaml": outputs(rd).blend_yaml.name}}
+    if p.get("materialize"):
+        docs = tokens = 0
+        written: dict[str, dict[str, int]] = {}
+        for t in range(int(s["parts"])):
+            st = read_json(Path(str(outputs(rd).shard(t)) + ".stats.json"))
+            if st is None:
+                raise RuntimeError(f"mix: shard {t} has no stats; rerun task {t}")
+            docs, tokens = docs + st["docs"], tokens + st["tokens"]
+            for c, v in st["clusters"].items():
+                w = written.setdefault(c, {"docs": 0, "tokens": 0, "epochs": 0})
+                w["docs"] += v["docs"]
+                w["tokens"] += v["tokens"]
+                w["epochs"] = max(w["epochs"], v["epochs"])
+        for c, w in written.items():
+            per[c].update({"docs": w["docs"], "tokens": w["tokens"], "passes": w["epochs"]})
+        summary.update({"docs": docs, "tokens": tokens, "shards": int(s["parts"]),
+                        "files": {"shards": "data/shard_{t:05d}", "format": "megatron MMIDIDX .bin/.idx"}})
+    summary["clusters"] = per
     atomic_write_json(outputs(rd).summary, summary)
     atomic_write_json(mixture_path(rd), {**p, "clusters": {c: {**p["clusters"][c], **per[c]} for c in per}})
-    print(f"mix: {summary['docs']:,} docs, {summary['tokens']:,} tokens (target {p['tokens']:,}) from "
-          f"{len(per)} clusters -> {outputs(rd).tokens}", flush=True)
-
-
-def load_mixed(rd: RunDir) -> tuple[np.ndarray, pa.Table, dict[str, Any]]:
-    """(tokens memmap, index, summary) of the mixed dataset."""
-    out = outputs(rd)
-    s = read_json(out.summary)
-    if s is None:
-        raise FileNotFoundError(f"{out.summary} is missing: the mix stage has not finished")
-    return np.memmap(out.tokens, dtype=s["dtype"], mode="r"), pq.read_table(out.index), s
+    what = (f"{summary['docs']:,} docs, {summary['tokens']:,} tokens in {summary['shards']} shard(s)"
+            if p.get("materialize") else "nothing copied")
+    print(f"mix: a blend of {len(pairs)} store(s) from {len(per)} cluster(s) -> {outputs(rd).megatron}; {what}",
+          flush=True)
 
 
 # ---------------------------------------------------------------- its cost, for `climb-hpc plan`
 
 
 def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
-    """Gathering whole documents into mix/tokens.bin, one task a final cluster (an upper bound before refine ran)."""
-    r = cfg.clusters.refine
-    clusters = int(r.get("target_clusters") or r.get("max_clusters") or 40)
-    led.use("final clusters", clusters, "clusters.refine.target_clusters or max_clusters (an upper bound)")
+    """The blend costs nothing; with ``mix.materialize`` whole documents are copied into shards, one task a
+    tokenize part."""
+    if not _m(cfg).get("materialize"):
+        return Work("text (CPU)", [0], core_s=0.0)
+    from climb_hpc.corpus import ingest
+
+    parts = min(ingest.estimate_tasks(cfg, x, led), int(cfg.tokenize.max_parts))
     tokens = led.use("mixed tokens", float(_m(cfg).tokens), "mix.tokens")
-    return Work("text (CPU)", [clusters], core_s=tokens / rate(cfg, x, "mix_tokens_s", led, "tokens/s a core"))
+    return Work("text (CPU)", [parts], core_s=tokens / rate(cfg, x, "mix_tokens_s", led, "tokens/s a core"))
 
 
 STAGE = Stage(name=NAME, run=run, num_tasks=num_tasks, prepare=prepare,
