@@ -78,16 +78,15 @@ def cmd_run(args: list[str]) -> int:
 def cmd_export(args: list[str]) -> int:
     """``export run_dir=DIR format=parquet out=DIR2 [tokens=N]``: the export stage on a run whose mix is done."""
     from climb_hpc.config import compose_for_run
-    from climb_hpc.pipeline import run_pipeline
+    from climb_hpc.pipeline import run_one_stage
 
     short = {"format": "mix.export.format", "out": "mix.export.out", "tokens": "mix.export.token_budget"}
     given = _kv(args)
     if "run_dir" not in given or not RunDir(given["run_dir"]).exists():
         raise ConfigError("export needs run_dir=DIR of a run whose mix stage is complete")
-    rest = [f"{short.get(k, k)}={v}" for k, v in given.items()]
-    cfg = compose_for_run([*rest, "pipeline.stages=[export]", "until=null"])
-    results = run_pipeline(cfg)
-    print(f"export: {results[-1].num_tasks} shard(s) in {cfg.mix.export.out}")
+    r = run_one_stage(compose_for_run([f"{short.get(k, k)}={v}" for k, v in given.items()]), "export")
+    print(f"export: {r.num_tasks} Parquet shard(s) in {given.get('out') or '(mix.export.out)'}"
+          + (" (already complete)" if r.skipped else ""))
     return 0
 
 

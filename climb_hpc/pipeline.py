@@ -59,6 +59,8 @@ CONFIG_READERS: tuple[tuple[str, str], ...] = (
     ("selftest.step_s", "counter"), ("selftest.ckpt_every", "counter"), ("selftest.dist_nodes", "dist"),
     ("selftest", "noop"),
 )
+#: Stages run on their own, after a pipeline (``climb-hpc export``): their keys change nothing else.
+OUTSIDE_PIPELINE = ("export",)
 #: Folders a stage family owns besides its own (the search's proxy trials).
 OWNED_FAMILIES = {"search": "proxy"}
 
@@ -125,10 +127,15 @@ def check_config(cfg: DictConfig) -> list[str]:
     return names
 
 
-def _reader(key: str, names: list[str]) -> str:
+def _reader(key: str, names: list[str]) -> Optional[str]:
+    """The first stage of ``names`` that reads ``key``; None for a key of a stage the pipeline does not run
+    (``mix.export.*`` when export is not in it: `climb-hpc export` runs it on its own)."""
     for prefix, stage in CONFIG_READERS:
-        if (key == prefix or key.startswith(prefix + ".")) and stage in names:
-            return stage
+        if key == prefix or key.startswith(prefix + "."):
+            if stage in names:
+                return stage
+            if stage in OUTSIDE_PIPELINE:
+                return None
     return names[0]
 
 
@@ -138,6 +145,8 @@ def affected_stages(changed: list[str], old: DictConfig, new: DictConfig) -> lis
     names = list(new.pipeline.stages)
     first = len(names)
     for key in changed:
+        if _reader(key, names) is None:
+            continue
         if key.split(".")[0] == "pipeline":
             old_names = list(old.pipeline.stages)
             same = next((i for i, (a, b) in enumerate(zip(old_names, names, strict=False)) if a != b), min(len(old_names), len(names)))
@@ -360,6 +369,34 @@ def run_pipeline(cfg: DictConfig) -> list[StageResult]:
                 break
             results.append(r)
     return results
+
+
+def run_one_stage(cfg: DictConfig, name: str) -> StageResult:
+    """Run one stage on a run folder, outside its pipeline (``climb-hpc export``): the stages it reads must be
+    complete. A complete stage whose own settings changed is reset and run again."""
+    from climb_hpc.scheduler import make_executor
+
+    stage = get_stage(name)
+    rd = RunDir(cfg.run_dir)
+    executor = make_executor(cfg, rd)
+    with rd:
+        saved = rd.load_config() if rd.exists() else None
+        open_run(cfg, rd, executor)
+        before = [s for s in stage.reads(cfg) if not rd.stage_complete(s)]
+        if before:
+            raise ConfigError(f"stage {name} reads the outputs of stages that are not complete: {', '.join(before)}; "
+                              f"finish them first: climb-hpc run run_dir={rd.path}")
+        mine = [k for k in differing_keys(saved, cfg) if _reader(k, [name]) == name] if saved is not None else []
+        if rd.stage_complete(name) and mine:
+            rd.reset_stage(name, output_roots(stage, rd))
+        if rd.stage_complete(name):
+            log.info("stage %s: already complete, skipped", name)
+            return StageResult(name, rd.manifest().get("stages", {}).get(name, {}).get("num_tasks", 0), 0, 0.0,
+                               skipped=True)
+        r = run_stage(cfg, rd, stage, executor)
+    if r is None:
+        raise ConfigError(f"stage {name}: nothing runs in a dry run")
+    return r
 
 
 def _status_row(rd: RunDir, name: str, total: Optional[int]) -> dict:

@@ -48,7 +48,7 @@ SLURM = ("cluster=slurm", "cluster.poll_s=0.5")
 #: The built-in corpus at 40 docs a domain, tokenized with a 600-token BPE (tests/test_proxy.py, test_search.py)
 #: (one cluster a source domain: clusters.refine.from_field, no embedding or k-means)
 TOKENIZED = ("corpus.builtin.docs_per_domain=40", "tokenize.vocab_size=600", "tokenize.batch_size=16",
-             "clusters.refine.from_field=source")
+             "clusters.refine.from_field=source", "proxy.holdout_fraction=0.1")
 #: A 2-layer, 64-wide Llama proxy: a step is ~30 ms on one thread
 SMALL_PROXY = ("proxy.model.hidden_size=64", "proxy.model.intermediate_size=128", "proxy.model.num_hidden_layers=2",
                "proxy.model.num_attention_heads=2", "proxy.model.num_key_value_heads=1", "proxy.model.head_dim=32",

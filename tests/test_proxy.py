@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from climb_hpc.corpus import iter_doc_shards
-from climb_hpc.corpus.tokenize import cluster_ids, load_cluster, tokenizer_dir
+from climb_hpc.corpus.tokenize import cluster_ids, cluster_stores, store_ids, tokenizer_dir
 from climb_hpc.corpus.tokenizer import load_fast
 from climb_hpc.pipeline import open_run, stage_runner
 from climb_hpc.proxy import run_mixtures
@@ -122,19 +122,21 @@ def run_group(cfg, group: str, mixtures: list[dict]) -> list[dict]:
 
 
 def test_heldout_docs_never_reach_training(tokenized):
+    """A cluster's training stream is exactly its train stores; the held-out documents (by the id hash,
+    decided once by tokenize) are in the heldout stores only."""
     rd = RunDir(tokenized)
     streams = training_streams(rd, cluster_ids(rd), 0.1)
     for c, s in streams.items():
-        tokens, index = load_cluster(rd, c)
-        held = heldout_mask(index.column("id").to_pylist(), 0.1)
-        assert held.any() and not held.all()
-        n = index.column("n_tokens").to_numpy() + 1
-        assert s.total == int(n[~held].sum())
-        inside = np.zeros(len(tokens), dtype=bool)
-        for a, k in zip(s.run_start, np.diff(s.run_cum), strict=True):
-            inside[a:a + k] = True
-        for a, k in zip(index.column("offset").to_numpy()[held], n[held], strict=True):
-            assert not inside[a:a + k].any()
+        train = cluster_stores(rd, c, "train")
+        held = cluster_stores(rd, c, "heldout")
+        assert train and held
+        assert s.total == sum(t.num_tokens for t in train)
+        assert np.array_equal(s.window(0, s.total), np.concatenate([t.tokens for t in train]))
+        train_ids = [i for t in train for i in store_ids(t.prefix).column("id").to_pylist()]
+        held_ids = [i for t in held for i in store_ids(t.prefix).column("id").to_pylist()]
+        assert not heldout_mask(train_ids, 0.1).any() and heldout_mask(held_ids, 0.1).all()
+    with pytest.raises(ValueError, match="hold out 0.1 of the documents"):
+        training_streams(rd, cluster_ids(rd), 0.2)
 
 
 def test_trial_trains_scores_and_writes_its_folder(tokenized, tmp_path):

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from omegaconf import OmegaConf
 
-from climb_hpc.corpus.tokenize import load_cluster
+from climb_hpc.corpus.tokenize import cluster_stores, store_ids
 from climb_hpc.pipeline import run_pipeline, status
 from climb_hpc.proxy.sampler import heldout_mask
 from climb_hpc.rundir import RunDir, read_json
-from climb_hpc.search.mix import load_mixed
+from climb_hpc.search.mix import outputs as mix_outputs
 from tests.conftest import ROOT, SMALL_PROXY, TOKENIZED, clone_run, tokenized_run
 
 SEARCH = ("pipeline.stages=[ingest,refine,tokenize,search,mix]", "proxy.tokens=4096", "search.budget=7",
@@ -112,35 +113,126 @@ def test_baselines_spend_the_same_budget(tokenized, tmp_path, strategy, rounds):
     assert r["best"]["value"] == min(t["value"] for t in r["trials"])
 
 
-def test_mix_follows_the_weights_with_whole_held_in_documents(tokenized, tmp_path):
-    cfg = clone_run(tokenized, tmp_path / "run", "cluster=debug", "pipeline.stages=[ingest,refine,tokenize,mix]",
-                    "mix.weights={0: 0.6, 2: 0.4, 5: 0.0}", "mix.tokens=40000")
+def _megatron(prefix):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+    return IndexedDataset(str(prefix))
+
+
+MIX = ("pipeline.stages=[ingest,refine,tokenize,mix]", "mix.weights={0: 0.6, 2: 0.4, 5: 0.0}", "mix.tokens=40000")
+
+
+def test_mix_blend_opens_in_megatron_and_reproduces_the_token_shares(tokenized, tmp_path):
+    """The blend's prefixes all open with megatron-core's IndexedDataset, hold only training documents
+    of their cluster, and their weights add up to each cluster's weight (Megatron samples by them)."""
+    cfg = clone_run(tokenized, tmp_path / "run", "cluster=debug", *MIX)
     run_pipeline(cfg)
     rd = RunDir(cfg.run_dir)
-    tokens, index, summary = load_mixed(rd)
-    assert set(summary["clusters"]) == {"0", "2"}  # a zero weight contributes nothing
+    out = mix_outputs(rd)
+    words = out.megatron.read_text().split()
+    pairs = [(float(w), p) for w, p in zip(words[::2], words[1::2], strict=True)]
+    blend = read_json(out.blend_json)
+    assert blend["paths"] == [x for w, p in pairs for x in (w, p)]
+    assert blend["blend"] == [[p for _, p in pairs], [w for w, _ in pairs]]
+    assert OmegaConf.to_container(OmegaConf.load(out.blend_yaml)) == blend
+    assert abs(sum(w for w, _ in pairs) - 1) < 1e-9
+    share: dict[int, float] = {}
+    tokens: dict[int, int] = {}
+    for w, prefix in pairs:
+        ds = _megatron(prefix)  # opens
+        c = int(Path(prefix).name.split("_")[1].split(".")[0])
+        assert Path(prefix).name.endswith(".train") and Path(prefix).is_absolute()
+        ids = store_ids(Path(prefix)).column("id").to_pylist()
+        assert len(ids) == len(ds) and not heldout_mask(ids, float(cfg.proxy.holdout_fraction)).any()
+        share[c] = share.get(c, 0.0) + w
+        n = int(ds.sequence_lengths.sum())
+        tokens[c] = tokens.get(c, 0) + n
+        assert abs(w - {0: 0.6, 2: 0.4}[c] * n / sum(s.num_tokens for s in cluster_stores(rd, c, "train"))) < 1e-12
+    assert set(share) == {0, 2}  # a zero weight contributes nothing
+    for c, want in ((0, 0.6), (2, 0.4)):
+        assert abs(share[c] - want) / want < 0.01
+    m = read_json(out.mixture)
+    assert m["clusters"]["0"]["tokens_target"] == 24000 and m["clusters"]["0"]["train_tokens"] == tokens[0]
+    assert m["clusters"]["0"]["epochs"] > 1  # cluster 0 has ~16k training tokens: 24k takes more than a pass
+    assert not (rd.path / "mix" / "data").exists()  # nothing copied unless materialize
+
+
+def test_mix_materialize_writes_whole_training_documents_at_the_budget(tokenized, tmp_path):
+    cfg = clone_run(tokenized, tmp_path / "run", "cluster=debug", *MIX, "mix.materialize=true")
+    run_pipeline(cfg)
+    rd = RunDir(cfg.run_dir)
+    summary = read_json(mix_outputs(rd).summary)
+    assert set(summary["clusters"]) == {"0", "2"}
     for c, share in (("0", 0.6), ("2", 0.4)):
         got = summary["clusters"][c]
         assert got["tokens_target"] == round(share * 40000)
-        assert 0 <= got["tokens"] - got["tokens_target"] < 2000  # overshoot: less than the one crossing doc
-    assert summary["tokens"] == len(tokens) == int((index.column("n_tokens").to_numpy() + 1).sum())
-    assert summary["clusters"]["0"]["epochs"] == 2  # cluster 0 has ~16k held-in tokens: 24k takes 2 passes
+        assert 0 <= got["tokens"] - got["tokens_target"] < 7 * 2000  # overshoot: at most one crossing doc a part
+        assert abs(got["tokens"] / summary["tokens"] - share) / share < 0.05
+    assert summary["clusters"]["0"]["passes"] >= 2
     # every document is whole, EOS-terminated, from its cluster, and never a held-out one
     sources = {}
     for c in (0, 2):
-        t, ix = load_cluster(rd, c)
-        held = heldout_mask(ix.column("id").to_pylist(), float(cfg.proxy.holdout_fraction))
-        for row, h in zip(ix.to_pylist(), held, strict=True):
-            sources[row["id"]] = (c, h, np.asarray(t[row["offset"]: row["offset"] + row["n_tokens"] + 1]))
-    for row in index.to_pylist():
-        c, held, want = sources[row["id"]]
-        assert c == row["cluster"] and not held
-        assert (np.asarray(tokens[row["offset"]: row["offset"] + row["n_tokens"] + 1]) == want).all()
-    assert len(set(index.column("cluster").to_pylist()[:20])) == 2  # interleaved, not blocked by cluster
+        for st in cluster_stores(rd, c, "train"):
+            for i, doc_id in enumerate(store_ids(st.prefix).column("id").to_pylist()):
+                sources[doc_id] = (c, st.doc(i))
+    docs = 0
+    for t in range(summary["shards"]):
+        prefix = mix_outputs(rd).shard(t)
+        if not Path(str(prefix) + ".idx").exists():
+            assert read_json(Path(str(prefix) + ".stats.json"))["docs"] == 0  # nothing chosen in that part
+            continue
+        ds = _megatron(prefix)
+        side = pq.read_table(str(prefix) + ".ids.parquet")
+        assert len(ds) == side.num_rows
+        for i, row in enumerate(side.to_pylist()):
+            c, want = sources[row["id"]]
+            assert c == row["cluster"] and np.array_equal(ds[i], want) and want[-1] == summary["eos_id"]
+        docs += len(ds)
+    assert docs == summary["docs"]
+    # the shards as a Megatron blend too, weighted by their tokens
+    words = (rd.path / "mix" / "data" / "megatron_data_args.txt").read_text().split()
+    shards = {Path(p).name: float(w) for w, p in zip(words[::2], words[1::2], strict=True)}
+    assert shards and all(_megatron(Path(rd.path / "mix" / "data" / n)) is not None for n in shards)
+    assert abs(sum(shards.values()) - 1) < 1e-9
     # deterministic: the same config gives the same bytes
-    cfg2 = clone_run(tokenized, tmp_path / "run2", "cluster=debug", "pipeline.stages=[ingest,refine,tokenize,mix]",
-                     "mix.weights={0: 0.6, 2: 0.4, 5: 0.0}", "mix.tokens=40000")
+    cfg2 = clone_run(tokenized, tmp_path / "run2", "cluster=debug", *MIX, "mix.materialize=true")
     run_pipeline(cfg2)
-    assert (Path(cfg2.run_dir) / "mix" / "tokens.bin").read_bytes() == (Path(cfg.run_dir) / "mix" / "tokens.bin").read_bytes()
-    assert pq.read_table(Path(cfg2.run_dir) / "mix" / "index.parquet").equals(index)
+    for t in range(summary["shards"]):
+        for suffix in (".bin", ".idx", ".stats.json"):
+            a, b = (Path(str(mix_outputs(RunDir(r)).shard(t)) + suffix) for r in (cfg.run_dir, cfg2.run_dir))
+            assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes())
     assert json.loads((Path(cfg.run_dir) / "mixture.json").read_text())["source"] == "config"
+
+
+def test_export_parquet_is_read_by_datasets_and_holds_the_mixtures_documents(tokenized, tmp_path):
+    """`climb-hpc export`: `datasets` reads the shards; the train rows are exactly the materialised mixture's
+    documents (same seeded choice), with the ingest texts; the held-out rows are the weighted clusters'."""
+    import datasets
+
+    from climb_hpc.cli import main
+    from climb_hpc.corpus import iter_doc_shards
+
+    cfg = clone_run(tokenized, tmp_path / "run", "cluster=debug", *MIX, "mix.materialize=true")
+    run_pipeline(cfg)
+    out = tmp_path / "export"
+    assert main(["export", f"run_dir={cfg.run_dir}", "format=parquet", f"out={out}", "cluster=local"]) == 0
+    ds = datasets.load_dataset("parquet", data_dir=str(out), split="train")
+    assert set(ds.column_names) == {"id", "text", "cluster", "split", "epoch"}
+    rd = RunDir(cfg.run_dir)
+    mixed = []
+    for t in range(read_json(mix_outputs(rd).summary)["shards"]):
+        if Path(str(mix_outputs(rd).shard(t)) + ".ids.parquet").exists():
+            mixed += pq.read_table(str(mix_outputs(rd).shard(t)) + ".ids.parquet").to_pylist()
+    train = [r for r in ds if r["split"] == "train"]
+    assert [(r["id"], r["cluster"], r["epoch"]) for r in train] == [(m["id"], m["cluster"], m["epoch"]) for m in mixed]
+    texts = {r["id"]: r["text"] for _, tb in iter_doc_shards(rd, ["id", "text"]) for r in tb.to_pylist()}
+    assert all(r["text"] == texts[r["id"]] for r in ds)
+    held = {r["id"] for r in ds if r["split"] == "heldout"}
+    want = {i for c in (0, 2) for st in cluster_stores(rd, c, "heldout")
+            for i in store_ids(st.prefix).column("id").to_pylist()}
+    assert held == want and held
+    summary = read_json(rd.path / "export" / "summary.json")
+    assert sum(v["train"] for v in summary["docs"].values()) == len(train)

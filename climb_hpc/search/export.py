@@ -6,8 +6,8 @@ budget (``mix.export.token_budget``, else ``mix.tokens``; the same seeded choice
 shuffled, with ``split = "train"``, then every held-out document of the weighted clusters in that part
 (``split = "heldout"``). Columns: ``id``, ``text``, ``cluster``, ``split``, ``epoch`` (a document taken
 again when its cluster runs out comes back with the next epoch). The texts are read from the ingest
-shards of that part only, so tasks run in parallel and none reads the corpus. ``DIR2/summary.json``
-(written last) gives the counts. ``datasets.load_dataset("parquet", data_dir=DIR2)`` reads it.
+shards of that part only, so tasks run in parallel and none reads the corpus. The run's
+``export/summary.json`` gives the counts and the files (a part with no document writes none). ``datasets.load_dataset("parquet", data_dir=DIR2)`` reads it.
 """
 
 from __future__ import annotations
@@ -37,13 +37,18 @@ SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("cluster", pa.i
 
 @dataclass(frozen=True)
 class Outputs:
-    """The run folder's record of the export (``export/plan.json``); the shards go to ``mix.export.out``."""
+    """The run folder's record of the export (``export/plan.json``, ``summary.json``); the shards go to
+    ``mix.export.out``, which holds nothing else (so ``load_dataset("parquet", data_dir=...)`` takes it whole)."""
 
     dir: Path
 
     @property
     def plan(self) -> Path:
         return self.dir / "plan.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
 
 
 def outputs(rd: RunDir) -> Outputs:
@@ -136,6 +141,9 @@ def part_table(rd: RunDir, plan: dict[str, Any], t: int) -> pa.Table:
 def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     plan = read_json(outputs(rd).plan)
     table = part_table(rd, plan, task)
+    if table.num_rows == 0:  # readers (datasets) refuse an empty Parquet file: a part with nothing writes none
+        print(f"export task {task}: nothing from this part", flush=True)
+        return
     with atomic_path(shard_path(Path(plan["out"]), task)) as tmp:
         pq.write_table(table, tmp, row_group_size=plan["rows_per_group"])
     n_train = int(np.sum(np.asarray(table.column("split").to_pylist()) == "train")) if table.num_rows else 0
@@ -144,19 +152,21 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 
 
 def finalize(cfg: DictConfig, rd: RunDir) -> None:
-    """``out/summary.json``: rows a split and cluster, from the shards' footers and split columns."""
+    """``export/summary.json``: rows a split and cluster, from the shards' cluster and split columns."""
     plan = read_json(outputs(rd).plan)
     out = Path(plan["out"])
     per: dict[str, dict[str, int]] = {}
     files = []
     for t in range(num_tasks(cfg, rd)):
         path = shard_path(out, t)
+        if not path.exists():
+            continue
         table = pq.read_table(path, columns=["cluster", "split"])
         files.append(path.name)
         for g in table.group_by(["cluster", "split"]).aggregate([("split", "count")]).to_pylist():
             row = per.setdefault(str(g["cluster"]), {"train": 0, "heldout": 0})
             row[g["split"]] += int(g["split_count"])
-    atomic_write_json(out / "summary.json", {**plan, "files": files, "docs": per,
+    atomic_write_json(outputs(rd).summary, {**plan, "files": files, "docs": per,
                                              "columns": [f.name for f in SCHEMA]})
     print(f"export: {len(files)} Parquet shard(s) in {out}", flush=True)
 

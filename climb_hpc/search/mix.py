@@ -11,7 +11,8 @@ the blend by its weights draws each cluster's share of tokens::
                                      blend [[prefixes], [weights]]
     mix/summary.json                 dtype, eos id, vocab, the blend's stores, tokens per cluster
     mix/data/shard_{t:05d}.bin/.idx  with mix.materialize=true only: the mixed dataset at mix.tokens as
-                                     Megatron stores (+ .ids.parquet: id, cluster, epoch), one a task
+                                     Megatron stores (+ .ids.parquet: id, cluster, epoch), one a task;
+                                     mix/data/megatron_data_args.txt weighs them by their tokens
 
 Nothing is copied unless ``mix.materialize`` is set: then task t takes, from every weighted cluster's
 store of tokenize part t, whole documents up to that store's share of the cluster's tokens (a seeded
@@ -68,6 +69,11 @@ class Outputs:
     @property
     def summary(self) -> Path:
         return self.dir / "summary.json"
+
+    @property
+    def shards_megatron(self) -> Path:
+        """The materialised shards as a Megatron blend (weights: their tokens)."""
+        return self.dir / "data" / "megatron_data_args.txt"
 
     def shard(self, t: int) -> Path:
         """A materialised shard's prefix (``.bin``, ``.idx``, ``.ids.parquet``)."""
@@ -315,6 +321,10 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     which, k = shuffled(picked, p["seed"], task)
     prefix = outputs(rd).shard(task)
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    if len(which) == 0:  # Megatron cannot open an empty store: a part with nothing chosen writes none
+        atomic_write_json(Path(str(prefix) + ".stats.json"), {"docs": 0, "tokens": 0, "clusters": {}})
+        print(f"mix task {task}: nothing chosen from this part", flush=True)
+        return
     doc_ids = [pk.doc_ids().to_pylist() for pk in picked]
     ids, clusters, epochs, tokens = [], [], [], 0
     stem = prefix.parent / f".{prefix.name}.tmp"
@@ -366,6 +376,10 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
                 w["epochs"] = max(w["epochs"], v["epochs"])
         for c, w in written.items():
             per[c].update({"docs": w["docs"], "tokens": w["tokens"], "passes": w["epochs"]})
+        shard_tokens = [(read_json(Path(str(outputs(rd).shard(t)) + ".stats.json"))["tokens"], t)
+                        for t in range(int(s["parts"]))]
+        atomic_write(outputs(rd).shards_megatron, "".join(f"{n / max(tokens, 1)!r} {outputs(rd).shard(t).resolve()}\n"
+                                                          for n, t in shard_tokens if n > 0))
         summary.update({"docs": docs, "tokens": tokens, "shards": int(s["parts"]),
                         "files": {"shards": "data/shard_{t:05d}", "format": "megatron MMIDIDX .bin/.idx"}})
     summary["clusters"] = per
