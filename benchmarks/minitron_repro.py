@@ -83,7 +83,7 @@ def make_run(work: Path) -> Path:
     if not CORPUS.is_dir():
         raise SystemExit(f"{CORPUS} is missing: this benchmark runs on ../shared/data/corpus")
     base = [f"run_dir={run}", "progress=false", "cluster=debug", f"corpus.paths=[{CORPUS}]", *TOKENIZED,
-            "mix.tokens=2000000", MIX,
+            "mix.tokens=2000000", "mix.materialize=true", MIX,
             f"proxy.holdout_fraction={HOLDOUT}"]
     run_pipeline(compose([*base, "pipeline.stages=[ingest,refine,tokenize,mix]", "clusters.refine.from_field=source"]))
     (run / "holdout.txt").write_text(f"{HOLDOUT} {CORPUS}")
@@ -154,12 +154,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from climb_hpc.proxy.model import build_model
     from climb_hpc.proxy.sampler import MixtureSampler, training_streams
     from climb_hpc.rundir import RunDir, read_json
-    from climb_hpc.search.mix import load_mixed
+    from climb_hpc.minitron.data import load_tokens
+    from climb_hpc.search.mix import outputs as mix_outputs
 
     t0 = time.time()
     rd = RunDir(make_run(a.work))
     summ = read_json(rd.path / "tokenize" / "summary.json")
-    mixed, _, _ = load_mixed(rd)
+    mixed, _ = load_tokens(rd, str(mix_outputs(rd).shards_megatron.parent))  # the materialised mix: its shards
     end = None  # the mix holds no held-out doc: validation is the held-out docs of the mixture's clusters
     mix_clusters = sorted(int(c) for c in read_json(rd.path / "mixture.json")["clusters"])
     val = heldout_windows(rd, mix_clusters, summ["eos_id"])

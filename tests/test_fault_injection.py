@@ -258,15 +258,17 @@ def assert_same_outputs(clean: Path, faulted: Path) -> list[str]:
     compared.append("kmeans/centroids.npy, refine/clusters.json, refine/doc_clusters.parquet (doc -> cluster)")
     s_clean, s_fault = read_json(clean / "tokenize" / "summary.json"), read_json(faulted / "tokenize" / "summary.json")
     assert _untimed(s_clean) == _untimed(s_fault)
-    bins = sorted(p.name for p in (clean / "tokenize").glob("cluster_*.bin"))
-    assert bins and bins == sorted(p.name for p in (faulted / "tokenize").glob("cluster_*.bin"))
-    for name in bins:
+    bins = sorted(str(p.relative_to(clean / "tokenize")) for p in (clean / "tokenize").glob("parts/*/cluster_*"))
+    assert bins and bins == sorted(str(p.relative_to(faulted / "tokenize"))
+                                   for p in (faulted / "tokenize").glob("parts/*/cluster_*"))
+    for name in bins:  # the Megatron stores (.bin, .idx) and their id tables
         assert (clean / "tokenize" / name).read_bytes() == (faulted / "tokenize" / name).read_bytes(), name
     compared.append(f"tokenize: {s_clean['docs']} docs, {s_clean['tokens']} tokens, {len(bins)} token stores bit-identical")
     assert _untimed(read_json(clean / "search" / "result.json")) == _untimed(read_json(faulted / "search" / "result.json"))
     assert (clean / "mixture.json").read_bytes() == (faulted / "mixture.json").read_bytes()
-    assert (clean / "mix" / "tokens.bin").read_bytes() == (faulted / "mix" / "tokens.bin").read_bytes()
-    compared.append("search/result.json (every trial's value), mixture.json, mix/tokens.bin")
+    blends = [(r / "mix" / "megatron_data_args.txt").read_text().replace(str(r.resolve()), "RUN") for r in (clean, faulted)]
+    assert blends[0] == blends[1] and blends[0].count("RUN/tokenize/parts/") >= 1
+    compared.append("search/result.json (every trial's value), mixture.json, the blend mix/megatron_data_args.txt")
     for model in ("teacher", "student_pruned", "student"):
         assert (clean / model / "model.safetensors").read_bytes() == (faulted / model / "model.safetensors").read_bytes(), model
     compared.append("teacher/, student_pruned/, student/ model.safetensors bit-identical")

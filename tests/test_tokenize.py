@@ -84,7 +84,8 @@ def test_megatron_reads_every_store_and_its_tokens_are_the_tokenizers(run):
     s = read_json(summary_path(rd))
     hf = AutoTokenizer.from_pretrained(str(tokenizer_dir(rd)), local_files_only=True)
     assert s["dtype"] == "uint16" and s["vocab_size"] == len(hf) <= 600 and s["eos_id"] == hf.eos_token_id
-    docs = {d["id"]: d["text"] for d in _docs(run)}
+    corpus = _docs(run)
+    docs = {d["id"]: d["text"] for d in corpus}
     checked, held = 0, 0
     for c, split, t, prefix in _stores(rd):
         ds = _megatron(prefix)
@@ -93,6 +94,7 @@ def test_megatron_reads_every_store_and_its_tokens_are_the_tokenizers(run):
         assert ds.index.dtype == np.uint16
         assert list(heldout_mask(side.column("id").to_pylist(), 0.25)) == [split == "heldout"] * len(ds)
         for i, (doc_id, row) in enumerate(zip(side.column("id").to_pylist(), side.column("row").to_pylist(), strict=True)):
+            assert corpus[row]["id"] == doc_id  # the side table's row is the corpus row
             want = hf(docs[doc_id], add_special_tokens=False)["input_ids"] + [s["eos_id"]]
             assert ds[i].tolist() == want
             assert hf.decode(want[:-1]) == docs[doc_id]  # byte-level BPE: exact

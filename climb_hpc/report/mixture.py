@@ -173,8 +173,13 @@ def weights_section(ctx: Ctx) -> Section:
     if ctx.has(out.summary):
         mixed = ctx.json(out.summary)
     where = {"search": "the search (its best measured mixture)", "config": "the config (mix.weights)"}.get(src, src)
-    done = (f"{fmt(mixed.get('tokens'))} tokens in {fmt(mixed.get('docs'))} whole documents written to "
-            f"{ctx.rel(out.tokens)}" if mixed else f"stage mix not finished ({ctx.rel(out.summary)} not found)")
+    if mixed and mixed.get("shards"):
+        done = (f"{fmt(mixed.get('tokens'))} tokens in {fmt(mixed.get('docs'))} whole documents written to "
+                f"{mixed['shards']} Megatron shards, {ctx.rel(out.shards_megatron.parent)}")
+    elif mixed:
+        done = f"a blend of {fmt(mixed.get('stores'))} stores, {ctx.rel(out.megatron)} (nothing copied)"
+    else:
+        done = f"stage mix not finished ({ctx.rel(out.summary)} not found)"
     sec.p(f"Weights from {where}. Mixed dataset: {fmt(m.get('tokens'))} tokens asked; {done}.")
     ctx.figure(sec, _weights_figure(ids, w, n, src), "final_mixture.png", "final mixture weights per cluster",
                "The weight of each cluster in mixture.json (orange) beside its natural share of the tokenized corpus "
@@ -185,7 +190,7 @@ def weights_section(ctx: Ctx) -> Section:
         info = per.get(str(c)) or {}
         nc = nat.get(c) if nat is not None else None
         rows.append([c, wc, nc, wc / nc if nc else None, info.get("tokens_target"), info.get("tokens"),
-                     info.get("docs"), info.get("epochs")])
+                     info.get("docs"), info.get("passes", info.get("epochs"))])
     sec.table(["cluster", "weight", "natural share", "weight / natural", "tokens asked", "tokens written", "docs",
                "passes over the cluster"], rows, digits=4, limit=40, what="clusters")
     return sec
