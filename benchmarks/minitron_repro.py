@@ -149,12 +149,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     import copy
 
+    from climb_hpc.minitron.data import load_tokens
     from climb_hpc.minitron.importance import compute_importance
     from climb_hpc.minitron.prune import num_params, prune_model
     from climb_hpc.proxy.model import build_model
     from climb_hpc.proxy.sampler import MixtureSampler, training_streams
     from climb_hpc.rundir import RunDir, read_json
-    from climb_hpc.minitron.data import load_tokens
     from climb_hpc.search.mix import outputs as mix_outputs
 
     t0 = time.time()
