@@ -199,9 +199,8 @@ def test_saved_student_loads_and_gives_the_engine_logits(corrected, tmp_path):
                     "minitron.distill.tokens=5120", "minitron.distill.loss_chunk_tokens=100",
                     "minitron.distill.save_shard_gb=0.00005")  # 50 kB shards
     rd = RunDir(cfg.run_dir)
-    from climb_hpc.search.mix import outputs as mix_outputs
-
-    mix_outputs(rd).index.unlink()  # the ranks read the mixed tokens only
+    for side in (rd.path / "tokenize" / "parts").glob("*/*.ids.parquet"):
+        side.unlink()  # the ranks read the stores' tokens and .idx only, never the doc-id tables
     torch.set_num_threads(1)
     with ds.distributed(cfg.minitron.distill):
         phase = distill_phase(cfg, rd)

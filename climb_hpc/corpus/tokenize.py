@@ -318,7 +318,7 @@ class _PartWriter:
 
 def tokenize_part(rd: RunDir, plan: dict[str, Any], task: int, out: Path, batch_size: int) -> dict[str, Any]:
     """Tokenize the kept docs of task ``task``'s ingest shards into stores under ``out`` (a fresh folder)."""
-    from climb_hpc.proxy.sampler import heldout_mask
+    from climb_hpc.corpus.heldout import heldout_mask
 
     tok = tk.load_fast(tokenizer_dir(rd))
     dtype, eos = np.dtype(plan["tokenizer"]["dtype"]), plan["tokenizer"]["eos_id"]

@@ -15,7 +15,6 @@ score on them.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,17 +22,10 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
+from climb_hpc.corpus.heldout import heldout_mask  # noqa: F401 (where callers find it)
+
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
-
-
-def heldout_mask(ids: list[str], fraction: float) -> np.ndarray:
-    """True for the documents held out of training: hash(id) / 2**64 < fraction (seed-independent)."""
-    if fraction <= 0:
-        return np.zeros(len(ids), dtype=bool)
-    cut = int(fraction * 2**64)
-    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") < cut
-                        for i in ids), dtype=bool, count=len(ids))
 
 
 @dataclass
