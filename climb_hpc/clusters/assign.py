@@ -5,8 +5,12 @@ Outputs under ``<run_dir>/assign/``::
 
     assignments.zarr/        int32 [n_docs], the initial cluster of each row (corpus order)
     distances.zarr/          float32 [n_docs], the L2 distance to that centroid
-    stats/task_{t:05d}.json  rows, seconds
+    stats/task_{t:05d}.json  rows, seconds, and what finalize sums: ``sizes`` (docs per cluster, K ints),
+                             ``distance_sum`` (float64), ``bad`` (rows without a cluster or a finite distance)
     summary.json             n_docs, k, cluster size min / median / max, empty clusters, mean distance
+
+finalize reduces the tasks' summaries: O(tasks x K), never the 1e9-row arrays (8 GB at paper scale). A task
+whose stats lack them (made before they existed) is summarised from its own rows of the two arrays.
 
 Both arrays use the embed layout's shard and chunk rows and are created once by the controller
 (``prepare``); a task writes exactly the rows of its embed task — whole shards nobody else writes
@@ -186,27 +190,53 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     write_whole_shards(array_path(rd, "distances"), a, b, dist)
     secs = time.perf_counter() - t0
     atomic_write_json(stats_path(rd, task), {"task": task, "rows": [a, b], "k": len(centroids),
-                                             "mean_distance": float(dist.mean()), "seconds": round(secs, 4)})
+                                             "mean_distance": float(dist.mean()), "seconds": round(secs, 4),
+                                             **rows_summary(labels, dist, len(centroids))})
     print(f"assign task {task}: rows [{a}, {b}) -> {len(np.unique(labels))} of {len(centroids)} clusters, "
           f"mean distance {dist.mean():.4f}, {secs:.2f} s", flush=True)
 
 
+def rows_summary(labels: np.ndarray, dist: np.ndarray, k: int) -> dict[str, object]:
+    """What finalize needs of some rows: docs per cluster, the float64 sum of distances, the bad rows (a
+    label outside [0, k) or a non-finite distance); sums of these summarise the union of the rows."""
+    ok = (labels >= 0) & (labels < k) & np.isfinite(dist)
+    return {"sizes": np.bincount(labels[ok], minlength=k).astype(int).tolist(),
+            "distance_sum": float(dist[ok].astype(np.float64).sum()), "bad": int((~ok).sum())}
+
+
+def task_summary(rd: RunDir, t: int, rows: list[int], k: int) -> dict[str, object]:
+    """Task ``t``'s summary from its stats, or from its rows of the arrays (stats from before summaries)."""
+    import zarr
+
+    stats = read_json(stats_path(rd, t))
+    if stats is None:
+        raise RuntimeError(f"assign task {t}: {stats_path(rd, t)} is missing; rerun it (rm its marker)")
+    if "sizes" in stats and stats.get("rows") == rows and len(stats["sizes"]) == k:
+        return stats
+    a, b = rows
+    labels, dist = (zarr.open_array(str(array_path(rd, name)), mode="r")[a:b] for name in ARRAYS)
+    return rows_summary(labels, dist, k)
+
+
 def finalize(cfg: DictConfig, rd: RunDir) -> None:
-    """Check every row has a valid cluster and a finite distance; write summary.json."""
+    """Check every row has a valid cluster and a finite distance; write summary.json.
+
+    Memory: O(K) for the sums (plus one task's rows for a task without a summary)."""
     layout = load_layout(rd)
     k = len(load_centroids(rd))
-    for t in range(len(layout["tasks"])):
-        if read_json(stats_path(rd, t)) is None:
-            raise RuntimeError(f"assign task {t}: {stats_path(rd, t)} is missing; rerun it (rm its marker)")
-    labels, dist = open_assignments(rd)
-    bad = int(((labels < 0) | (labels >= k)).sum()) + int((~np.isfinite(dist)).sum())
-    if bad:
-        raise RuntimeError(f"assign: {bad} rows lack a cluster or a distance; rerun the stage "
-                           f"(rm -r {rd.marker_dir(NAME)})")
-    sizes = np.bincount(labels, minlength=k)
-    summary = {"n_docs": int(len(labels)), "k": k, "tasks": len(layout["tasks"]),
+    sizes, dist_sum, bad = np.zeros(k, dtype=np.int64), 0.0, 0
+    for t, rows in enumerate(layout["tasks"]):
+        s = task_summary(rd, t, rows, k)
+        sizes += np.asarray(s["sizes"], dtype=np.int64)
+        dist_sum += float(s["distance_sum"])
+        bad += int(s["bad"])
+    n = int(sizes.sum()) + bad
+    if bad or n != layout["n_docs"]:
+        raise RuntimeError(f"assign: {bad} rows lack a cluster or a distance, and the tasks cover {n} rows of "
+                           f"{layout['n_docs']}; rerun the stage (rm -r {rd.marker_dir(NAME)})")
+    summary = {"n_docs": n, "k": k, "tasks": len(layout["tasks"]),
                "size_min": int(sizes.min()), "size_median": float(np.median(sizes)), "size_max": int(sizes.max()),
-               "empty_clusters": int((sizes == 0).sum()), "mean_distance": float(dist.mean())}
+               "empty_clusters": int((sizes == 0).sum()), "mean_distance": float(np.float32(dist_sum / max(1, n)))}
     atomic_write_json(summary_path(rd), summary)
     print(f"assign: {summary}", flush=True)
 

@@ -10,6 +10,15 @@ K rule: ``K = min(k_init, max(2, n // min_points_per_centroid), n)``, n = the do
 training points a centroid; on a small corpus the paper's 1000 would cut topics into near-singletons,
 which neither Ward merging nor quality means can use. Seeds: the sample and faiss's own seed derive
 from ``(cfg.seed, "kmeans")``. Thread count is fixed by config so reruns give bit-identical centroids.
+
+The sample is whole Zarr chunks (``embed.chunk_rows`` rows, the store's unit of reading): a seeded choice
+of chunks until they hold ``sample_size`` rows, then a seeded choice of that many rows within them
+(:func:`sample_rows`). Uniform rows would touch nearly every chunk (1e6 rows of 1e9 in 1024-row chunks hit
+~63% of them: ~1.3 TB read at paper scale for 4 GB kept); whole chunks read about the sample itself
+(``sample_size + chunk_rows`` rows at most). The price is a cluster sample: rows of one chunk are
+neighbours in corpus order (often one source), so the sample has ~``sample_size / chunk_rows``
+independent draws (~1000 at the paper's sizes) rather than ``sample_size``; k-means fits centroids to
+the sampled docs either way. Memory: the sample in float32 plus ``RUN_CHUNKS`` chunks in float16.
 """
 
 from __future__ import annotations
@@ -57,20 +66,60 @@ def choose_k(n_docs: int, k_init: int, min_points_per_centroid: int) -> int:
     return max(1, min(k, n_docs))
 
 
-def sample_rows(n_docs: int, sample_size: int, seed: int) -> np.ndarray:
-    """Sorted row indices of a uniform sample without replacement (all rows when the sample covers them)."""
+def sample_rows(n_docs: int, sample_size: int, seed: int, chunk_rows: int = 1) -> np.ndarray:
+    """Sorted row indices of the sample (all rows when it covers them): a seeded choice of whole
+    ``chunk_rows``-row chunks holding at least ``sample_size`` rows, then ``sample_size`` rows among theirs.
+
+    Same arguments, same rows. Chunks are drawn uniformly without replacement, then rows uniformly among
+    theirs (only the last chunk cut short makes this not quite uniform over rows)."""
     if sample_size >= n_docs:
         return np.arange(n_docs)
+    c = max(1, int(chunk_rows))
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_docs, size=int(sample_size), replace=False))
+    order = rng.permutation(-(-n_docs // c))
+    sizes = np.minimum(c, n_docs - order * c)
+    take = int(np.searchsorted(np.cumsum(sizes), sample_size)) + 1  # chunks until they hold the sample
+    chosen = np.sort(order[:take])
+    rows = (chosen[:, None] * c + np.arange(c)[None, :]).ravel()
+    rows = rows[rows < n_docs]
+    if len(rows) > sample_size:
+        rows = np.sort(rng.choice(rows, size=int(sample_size), replace=False))
+    return rows
+
+
+#: the most adjacent chunks :func:`read_sample` reads in one call (bounds its buffer)
+RUN_CHUNKS = 64
+
+
+def chunk_runs(rows: np.ndarray, chunk_rows: int, n_docs: int, max_chunks: int = RUN_CHUNKS) -> list[tuple[int, int]]:
+    """The row ranges [a, b) of the whole chunks holding ``rows`` (sorted), up to ``max_chunks`` adjacent
+    chunks merged into one range: what :func:`read_sample` reads."""
+    c = max(1, int(chunk_rows))
+    chunks = np.unique(rows // c)
+    if not len(chunks):
+        return []
+    # a new range where chunks are not adjacent or the current range is full
+    starts = [0]
+    for i in range(1, len(chunks)):
+        if chunks[i] != chunks[i - 1] + 1 or i - starts[-1] >= max_chunks:
+            starts.append(i)
+    ends = [*starts[1:], len(chunks)]
+    return [(int(chunks[s]) * c, min(n_docs, (int(chunks[e - 1]) + 1) * c)) for s, e in zip(starts, ends, strict=True)]
 
 
 def read_sample(rd: RunDir, rows: np.ndarray) -> np.ndarray:
-    """The sampled embedding rows as float32 (sorted rows: each Zarr shard is read once)."""
+    """The sampled embedding rows as float32, reading only the chunks that hold them (each once)."""
     arr = open_embeddings(rd)
-    if len(rows) == arr.shape[0]:
+    n = arr.shape[0]
+    if len(rows) == n:
         return np.ascontiguousarray(arr[:], dtype=np.float32)
-    return np.ascontiguousarray(arr.oindex[rows, :], dtype=np.float32)
+    out = np.empty((len(rows), arr.shape[1]), dtype=np.float32)
+    done = 0
+    for a, b in chunk_runs(rows, arr.chunks[0], n):
+        local = rows[done:np.searchsorted(rows, b)] - a
+        out[done:done + len(local)] = np.asarray(arr[a:b])[local]
+        done += len(local)
+    return out
 
 
 def use_gpu(setting: Any) -> bool:
@@ -171,7 +220,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     layout = load_layout(rd)
     n, dim = int(layout["n_docs"]), int(layout["dim"])
     seed = derive_seed(int(cfg.seed), NAME)
-    rows = sample_rows(n, int(k_cfg.sample_size), seed)
+    rows = sample_rows(n, int(k_cfg.sample_size), seed, int(layout["chunk_rows"]))
     k = choose_k(len(rows), int(k_cfg.k_init), int(k_cfg.min_points_per_centroid))  # faiss trains on the sample
     x = read_sample(rd, rows)
     if not np.isfinite(x).all():
@@ -189,7 +238,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
         np.save(f, centroids)
     summary = {
         "k": k, "k_init": int(k_cfg.k_init), "n_docs": n, "dim": dim, "sample_size": int(len(rows)),
-        "seed": seed, "niter": int(k_cfg.niter), "nredo": int(k_cfg.nredo), "gpu": gpu, "threads": threads,
+        "seed": seed, "sample_chunk_rows": int(layout["chunk_rows"]), "niter": int(k_cfg.niter), "nredo": int(k_cfg.nredo), "gpu": gpu, "threads": threads,
         "objective": objective, "inertia_per_doc": objective / max(1, len(rows)),
         "objective_history": history, "read_seconds": round(t_read, 4), "fit_seconds": round(t_fit, 4),
         "seconds": round(time.perf_counter() - t0, 4),

@@ -10,8 +10,13 @@ Layout under ``<run_dir>/quality/``::
 
     layout.json               n_docs, axes, shard/chunk rows, task -> rows, the rater (checked on resume)
     quality.zarr/             Zarr v3, float32 [n_docs, 4], shards (rows_per_shard, 4)
-    stats/task_{t:05d}.json   docs, seconds, docs/s
+    stats/task_{t:05d}.json   docs, seconds, docs/s, and ``scores``: the task's per-axis sum / min / max /
+                              count >= 3 of the rows it wrote (:func:`score_summary`)
     summary.json              per-axis mean / min / max / fraction >= 3, docs/s (finalize)
+
+finalize reduces the tasks' ``scores`` summaries (O(tasks x axes), however big the corpus: the 1e9 x 4
+float32 array is 16 GB) and checks every Zarr shard file exists; a task whose stats lack ``scores`` (made
+before they existed) is summarised from its own rows, one task's rows in memory at a time.
 
 Raters (``quality.raters``): ``heuristic`` (built in, default) or a folder holding
 ``{quality,advertisement,informational,educational}.bin`` fastText models, e.g. from
@@ -242,7 +247,8 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     write_rows(store_path(rd), layout, a, b, scores)
     secs = time.perf_counter() - t0
     stats = {"task": task, "rows": [a, b], "docs": b - a, "seconds": round(t_rate, 4), "task_seconds": round(secs, 4),
-             "docs_per_s": round((b - a) / max(t_rate, 1e-9), 1), "rater": layout["rater"]["kind"]}
+             "docs_per_s": round((b - a) / max(t_rate, 1e-9), 1), "rater": layout["rater"]["kind"],
+             "scores": score_summary(scores)}
     atomic_write_json(stats_path(rd, task), stats)
     print(f"quality task {task}: rows [{a}, {b}) rated in {t_rate:.2f} s ({stats['docs_per_s']:,.0f} docs/s, "
           f"{layout['rater']['kind']})", flush=True)
@@ -251,8 +257,47 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 # ---------------------------------------------------------------- finalize
 
 
+def score_summary(x: np.ndarray) -> dict[str, Any]:
+    """What finalize needs of some rows of scores, per axis: rows, float64 sum, min, max, count >= 3.
+
+    A task summarises the rows it writes, so finalize never reads the array (sums of summaries are the
+    summary of the union)."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise RuntimeError(f"quality: {int((~np.isfinite(x)).any(1).sum())} rows were never written")
+    k = x.shape[1]
+    empty = len(x) == 0
+    return {"rows": len(x), "sum": x.astype(np.float64).sum(0).tolist(),
+            "min": [float("inf")] * k if empty else x.min(0).astype(float).tolist(),
+            "max": [float("-inf")] * k if empty else x.max(0).astype(float).tolist(),
+            "ge_3": (x >= 3).sum(0).astype(int).tolist()}
+
+
+def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of the union of the parts' rows (in task order: the float64 sums are reproducible)."""
+    k = len(parts[0]["sum"])
+    out = {"rows": 0, "sum": [0.0] * k, "min": [float("inf")] * k, "max": [float("-inf")] * k, "ge_3": [0] * k}
+    for p in parts:
+        out["rows"] += p["rows"]
+        out["sum"] = [s + v for s, v in zip(out["sum"], p["sum"], strict=True)]
+        out["min"] = [min(s, v) for s, v in zip(out["min"], p["min"], strict=True)]
+        out["max"] = [max(s, v) for s, v in zip(out["max"], p["max"], strict=True)]
+        out["ge_3"] = [s + v for s, v in zip(out["ge_3"], p["ge_3"], strict=True)]
+    return out
+
+
+def task_summary(arr: Any, rows: list[int], stats: dict[str, Any]) -> dict[str, Any]:
+    """A task's score summary: from its stats when they carry one for these rows, else from its rows."""
+    s = stats.get("scores")
+    if s is not None and stats.get("rows") == rows and s["rows"] == rows[1] - rows[0]:
+        return s
+    return score_summary(arr[rows[0]:rows[1]])
+
+
 def finalize(cfg: DictConfig, rd: RunDir) -> None:
-    """Check every row is written and in range; write summary.json."""
+    """Check every shard file is written and every task summarised in-range scores; write summary.json.
+
+    Memory: O(tasks x axes) for the summaries (plus one task's rows for a task without one)."""
     import zarr
 
     layout = load_layout(rd)
@@ -261,16 +306,21 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     missing = [f for f in embed_store.shard_files(path, arr, 0, layout["n_docs"]) if not f.exists()]
     if missing:
         raise RuntimeError(f"quality: {len(missing)} Zarr shard(s) missing from {path}; rerun their tasks")
-    x = arr[:]
-    if not np.isfinite(x).all():
-        raise RuntimeError(f"quality: {int((~np.isfinite(x)).any(1).sum())} rows were never written")
-    secs = sum(read_json(stats_path(rd, t), default={}).get("seconds", 0.0) for t in range(len(layout["tasks"])))
+    stats = [read_json(stats_path(rd, t), default={}) for t in range(len(layout["tasks"]))]
+    total = merge_summaries([task_summary(arr, rows, s) for rows, s in zip(layout["tasks"], stats, strict=True)])
+    if total["rows"] != layout["n_docs"]:
+        raise RuntimeError(f"quality: the tasks summarised {total['rows']} rows of {layout['n_docs']}")
+    n = max(1, total["rows"])
+
+    def per_axis(values: list[float], dtype: type = np.float32) -> dict[str, float]:
+        """Rounded as before the summaries existed: scores' statistics in float32, fractions in float64."""
+        return dict(zip(AXES, np.round(np.asarray(values, dtype=dtype), 4).tolist(), strict=True))
+
+    secs = sum(s.get("seconds", 0.0) for s in stats)
     summary = {
         "n_docs": layout["n_docs"], "axes": list(AXES), "tasks": len(layout["tasks"]), "rater": layout["rater"],
-        "mean": dict(zip(AXES, np.round(x.mean(0), 4).tolist(), strict=True)),
-        "min": dict(zip(AXES, np.round(x.min(0), 4).tolist(), strict=True)),
-        "max": dict(zip(AXES, np.round(x.max(0), 4).tolist(), strict=True)),
-        "frac_ge_3": dict(zip(AXES, np.round((x >= 3).mean(0), 4).tolist(), strict=True)),
+        "mean": per_axis([v / n for v in total["sum"]]), "min": per_axis(total["min"]),
+        "max": per_axis(total["max"]), "frac_ge_3": per_axis([v / n for v in total["ge_3"]], np.float64),
         "rate_seconds": round(secs, 3), "docs_per_s": round(layout["n_docs"] / max(secs, 1e-9), 1),
         "store": str(path.relative_to(rd.path)),
     }

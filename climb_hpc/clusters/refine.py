@@ -33,13 +33,28 @@ So the paper's literal t=1.5 is kept as the default: at the K rule's sizes it gi
 
 Final ids: ordered by size (docs) descending, then by the smallest member initial cluster id, so
 they do not depend on scipy's label order.
+
+Memory (paper scale: 1e9 docs, where the whole id column alone passes Arrow's 2 GiB string offsets and
+the old in-memory refine held ~100 GB): the task streams. Pass 1 reads ``assign/assignments.zarr`` and
+``quality/quality.zarr`` a block of whole Zarr shards (~1 Mi rows, :func:`climb_hpc.embed.store.block_rows`)
+at a time and adds per-cluster counts and score sums; the linkage sees only the K centroids. Pass 2 reads
+each ingest shard's ``id`` column ``MAX_GROUP_ROWS`` rows at a time, maps their initial clusters to final
+ones and writes that piece as one row group of ``doc_clusters.parquet``. So the task holds about
+``block x (4 + 4 x n_axes + 16)`` bytes (~40 MB) in pass 1 and ``MAX_GROUP_ROWS`` ids (+ their int32) in
+pass 2, plus O(K^2) for the linkage: independent of the corpus size (given ids of bounded length).
+
+``doc_clusters.parquet`` row groups never straddle two ingest shards: one a shard, or several of at most
+``MAX_GROUP_ROWS`` rows for a bigger shard, so a reader of one shard's rows (tokenize) can pick its row
+groups from the row-group metadata alone. Column statistics are kept for ``cluster`` only (min/max of
+the ids would only grow the footer).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -49,9 +64,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from climb_hpc.clusters.assign import open_assignments
+from climb_hpc.clusters.assign import array_path as assign_array_path
 from climb_hpc.clusters.kmeans import clusters_cfg, load_centroids
-from climb_hpc.embed import load_id_to_row, load_layout
+from climb_hpc.embed import load_layout
+from climb_hpc.embed.store import block_rows, iter_row_blocks
 from climb_hpc.estimate import Inputs, Ledger, Work, rate
 from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
@@ -64,6 +80,8 @@ log = logging.getLogger("climb_hpc")
 DEFAULT_AXES = ("quality", "advertisement", "informational", "educational")
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("cluster", pa.int32())])
 NO_SCORES = "skipped: no quality scores"
+#: the most rows one row group of doc_clusters.parquet holds (and the most ids pass 2 holds at a time)
+MAX_GROUP_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -168,14 +186,15 @@ def final_ids(groups: np.ndarray, members: np.ndarray, sizes: np.ndarray) -> dic
     return dict(enumerate(ordered))
 
 
-def refine(centroids: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarray], *, axes: Sequence[str],
-           thresholds: Mapping[str, Optional[float]], prune: bool = True, min_size: int = 1, method: str = "ward",
-           distance: float = 1.5, target_clusters: Optional[int] = None,
-           max_clusters: Optional[int] = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Doc -> final cluster (-1 pruned) and the description written to clusters.json."""
+def plan_clusters(centroids: np.ndarray, sizes: np.ndarray, means: np.ndarray, *, axes: Sequence[str],
+                  thresholds: Mapping[str, Optional[float]], prune: bool = True, min_size: int = 1,
+                  method: str = "ward", distance: float = 1.5, target_clusters: Optional[int] = None,
+                  max_clusters: Optional[int] = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Initial cluster -> final cluster (int32 [k], -1 pruned) and the description written to clusters.json,
+    from the per-cluster sizes and mean scores alone (``means`` has 0 columns without scores): K-sized, so
+    the documents themselves are only ever streamed."""
     k = len(centroids)
-    sizes, means = cluster_means(labels, k, scores)
-    reasons = prune_reasons(sizes, means, axes, thresholds, min_size, prune and scores is not None)
+    reasons = prune_reasons(sizes, means, axes, thresholds, min_size, prune and means.shape[1] > 0)
     kept = np.array([r is None for r in reasons], dtype=bool)
     members = np.flatnonzero(kept)
     groups = merge(centroids[members], method, distance, target_clusters, max_clusters)
@@ -183,11 +202,7 @@ def refine(centroids: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarra
     initial_to_final = np.full(k, -1, dtype=np.int32)
     for f, ms in finals.items():
         initial_to_final[ms] = f
-    doc_cluster = initial_to_final[labels]
-    n_kept = int((doc_cluster >= 0).sum())
-    n_pruned = int((doc_cluster < 0).sum())
-    if n_kept + n_pruned != len(labels) or n_kept != int(sizes[kept].sum()):
-        raise RuntimeError(f"refine: kept {n_kept} + pruned {n_pruned} docs != {len(labels)}")
+    n_docs, n_kept = int(sizes.sum()), int(sizes[kept].sum())
     used_axes = list(axes[: means.shape[1]])
 
     def mean_scores(ms: Sequence[int]) -> dict[str, float]:
@@ -197,21 +212,62 @@ def refine(centroids: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarra
         return {a: round(float((means[list(ms), j] * w).sum() / w.sum()), 4) for j, a in enumerate(used_axes)}
 
     info = {
-        "n_docs": int(len(labels)), "kept_docs": n_kept, "pruned_docs": n_pruned,
+        "n_docs": n_docs, "kept_docs": n_kept, "pruned_docs": n_docs - n_kept,
         "initial_clusters": k, "kept_initial_clusters": int(kept.sum()), "final_clusters": len(finals),
         "clusters": [{"id": f, "members": ms, "size": int(sizes[ms].sum()), "mean_scores": mean_scores(ms)}
                      for f, ms in finals.items()],
         "initial": [{"id": c, "size": int(sizes[c]), "mean_scores": mean_scores([c]) if sizes[c] else {},
                      "final": int(initial_to_final[c]), "pruned": reasons[c]} for c in range(k)],
     }
+    return initial_to_final, info
+
+
+def refine(centroids: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarray], *, axes: Sequence[str],
+           thresholds: Mapping[str, Optional[float]], prune: bool = True, min_size: int = 1, method: str = "ward",
+           distance: float = 1.5, target_clusters: Optional[int] = None,
+           max_clusters: Optional[int] = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Doc -> final cluster (-1 pruned) and the description, for labels and scores in memory (the stage streams
+    the same steps: :func:`stream_cluster_means`, :func:`plan_clusters`, :func:`write_refined`)."""
+    sizes, means = cluster_means(labels, len(centroids), scores)
+    initial_to_final, info = plan_clusters(
+        centroids, sizes, means, axes=axes, thresholds=thresholds, prune=prune and scores is not None,
+        min_size=min_size, method=method, distance=distance, target_clusters=target_clusters,
+        max_clusters=max_clusters)
+    doc_cluster = initial_to_final[labels]
+    n_kept = int((doc_cluster >= 0).sum())
+    if n_kept != info["kept_docs"] or len(labels) != info["n_docs"]:
+        raise RuntimeError(f"refine: kept {n_kept} + pruned {len(labels) - n_kept} docs != {info['n_docs']}")
     return doc_cluster, info
+
+
+def stream_cluster_means(labels: Any, scores: Any, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cluster_means` over per-row arrays (Zarr) read ``block`` rows at a time: the counts and float64
+    score sums are K-sized, so memory is one block whatever the corpus size."""
+    n_axes = 0 if scores is None else (1 if scores.ndim == 1 else scores.shape[1])
+    sizes = np.zeros(k, dtype=np.int64)
+    sums = np.zeros((k, n_axes))
+    for a, lab in iter_row_blocks(labels, block):
+        if len(lab) and (lab.min() < 0 or lab.max() >= k):
+            raise RuntimeError(f"refine: assignments in rows [{a}, {a + len(lab)}) lie outside [0, {k}); "
+                               "rerun assign")
+        sizes += np.bincount(lab, minlength=k)
+        if scores is not None:
+            sc = np.asarray(scores[a:a + len(lab)], dtype=np.float32).reshape(len(lab), n_axes)
+            if not np.isfinite(sc).all():
+                raise RuntimeError(f"refine: non-finite quality scores in rows [{a}, {a + len(lab)}) "
+                                   "(unscored rows?); rerun the quality stage")
+            for j in range(n_axes):
+                sums[:, j] += np.bincount(lab, weights=sc[:, j].astype(np.float64), minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sizes, sums / sizes[:, None]
 
 
 # ---------------------------------------------------------------- run folder I/O
 
 
-def load_scores(rd: RunDir, n_docs: int, axes: Sequence[str]) -> tuple[Optional[np.ndarray], list[str]]:
-    """quality/quality.zarr as float32 [n_docs, n_axes] and its axis names, or (None, []) when absent.
+def open_scores(rd: RunDir, n_docs: int, axes: Sequence[str]) -> tuple[Any, list[str]]:
+    """quality/quality.zarr opened (not read: :func:`stream_cluster_means` streams it) and its axis names, or
+    (None, []) when absent.
 
     Axis names come from the array's ``axes`` / ``columns`` / ``raters`` attribute when it has one, else
     from ``clusters.refine.axes`` (the quality stage's documented column order)."""
@@ -221,25 +277,78 @@ def load_scores(rd: RunDir, n_docs: int, axes: Sequence[str]) -> tuple[Optional[
     if not p.exists():
         return None, []
     arr = zarr.open_array(str(p), mode="r")
-    x = np.asarray(arr[:], dtype=np.float32)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.shape[0] != n_docs:
-        raise RuntimeError(f"{p} has {x.shape[0]} rows, the embeddings {n_docs}: quality and embed disagree")
-    if not np.isfinite(x).all():
-        raise RuntimeError(f"{p} holds non-finite scores (unscored rows?); rerun the quality stage")
+    n_axes = 1 if arr.ndim == 1 else arr.shape[1]
+    if arr.shape[0] != n_docs:
+        raise RuntimeError(f"{p} has {arr.shape[0]} rows, the embeddings {n_docs}: quality and embed disagree")
     attrs = dict(arr.attrs)
     names = next((list(attrs[k]) for k in ("axes", "columns", "raters") if k in attrs), None)
-    names = names if names and len(names) == x.shape[1] else list(axes)[: x.shape[1]]
-    if len(names) < x.shape[1]:
-        names += [f"axis_{j}" for j in range(len(names), x.shape[1])]
-    return x, names
+    names = names if names and len(names) == n_axes else list(axes)[:n_axes]
+    if len(names) < n_axes:
+        names += [f"axis_{j}" for j in range(len(names), n_axes)]
+    return arr, names
+
+
+@contextmanager
+def doc_clusters_writer(path: Path) -> Iterator[Callable[[pa.Array, np.ndarray], None]]:
+    """``write(ids, cluster)`` appends one row group to ``path`` (renamed into place when the block ends).
+
+    Callers keep a row group within one ingest shard and under ``MAX_GROUP_ROWS`` rows (see the module
+    docstring)."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, DOC_SCHEMA, write_statistics=["cluster"]) as out:
+
+        def write(ids: pa.Array, cluster: np.ndarray) -> None:
+            if len(ids) != len(cluster):
+                raise ValueError(f"refine: {len(ids)} ids for {len(cluster)} clusters")
+            if len(ids):
+                table = pa.Table.from_arrays([ids.cast(pa.string()), pa.array(np.asarray(cluster, np.int32))],
+                                             schema=DOC_SCHEMA)
+                out.write_table(table, row_group_size=len(ids))
+
+        yield write
 
 
 def write_doc_clusters(path: Path, ids: pa.Array, cluster: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_arrays([ids.cast(pa.string()), pa.array(cluster.astype(np.int32))],
-                                            schema=DOC_SCHEMA), tmp)
+    """doc_clusters.parquet from ids and clusters in memory (tests, small corpora), ``MAX_GROUP_ROWS`` a group."""
+    step = MAX_GROUP_ROWS
+    with doc_clusters_writer(path) as write:
+        for s in range(0, len(ids), step):
+            write(ids.slice(s, step), cluster[s:s + step])
+
+
+def iter_shard_pieces(rd: RunDir, columns: Sequence[str], max_rows: Optional[int] = None,
+                      ) -> Iterator[tuple[int, int, pa.RecordBatch]]:
+    """``(shard index, first corpus row, batch)`` over the ingest shards in corpus order, each batch at most
+    ``max_rows`` (default ``MAX_GROUP_ROWS``) rows of one shard: what a row group of doc_clusters.parquet holds."""
+    from climb_hpc.corpus.ingest import doc_shard_paths
+
+    max_rows = int(max_rows or MAX_GROUP_ROWS)
+    start = 0
+    for i, path in enumerate(doc_shard_paths(rd)):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=max_rows, columns=list(columns)):
+            yield i, start, batch
+            start += batch.num_rows
+
+
+def write_refined(rd: RunDir, layout: dict[str, Any], labels: Any, initial_to_final: np.ndarray,
+                  max_rows: Optional[int] = None) -> int:
+    """Pass 2: doc_clusters.parquet, one piece of an ingest shard at a time; returns the kept docs.
+
+    The ids come from the ingest shards (the embed layout's rows, checked shard by shard), the initial
+    clusters from ``labels`` (assign/assignments.zarr) at the same rows."""
+    shards = layout["doc_shards"]
+    kept = rows = 0
+    with doc_clusters_writer(doc_clusters_path(rd)) as write:
+        for i, start, batch in iter_shard_pieces(rd, ["id"], max_rows):
+            if i >= len(shards) or not shards[i]["offset"] <= start < shards[i]["offset"] + shards[i]["rows"]:
+                raise RuntimeError(f"refine: ingest shard {i} does not match the embed layout (rows from {start}); "
+                                   "ingest changed after embed: use a new run folder")
+            cluster = initial_to_final[np.asarray(labels[start:start + batch.num_rows])]
+            write(batch.column(0), cluster)
+            kept += int((cluster >= 0).sum())
+            rows = start + batch.num_rows
+    if rows != layout["n_docs"]:
+        raise RuntimeError(f"refine: the ingest shards hold {rows} docs, the embed layout {layout['n_docs']}")
+    return kept
 
 
 def num_tasks(cfg: DictConfig, rd: RunDir) -> int:
@@ -258,15 +367,23 @@ def reads(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def run_from_field(rd: RunDir, field: str) -> None:
-    """The clusters are the values of a document field (``clusters.refine.from_field``): nothing is pruned."""
-    from climb_hpc.clusters.labels import clusters_from_field
+    """The clusters are the values of a document field (``clusters.refine.from_field``): nothing is pruned.
+
+    Two streaming passes over the ingest shards (:mod:`climb_hpc.clusters.labels`): the distinct values,
+    then each piece's clusters, written as it is read."""
+    from climb_hpc.clusters.labels import field_clusters, field_values
 
     t0 = time.perf_counter()
-    ids, cluster, labels = clusters_from_field(rd, field)
-    sizes = np.bincount(cluster, minlength=len(labels))
-    write_doc_clusters(doc_clusters_path(rd), ids, cluster)
+    labels = field_values(rd, field)
+    sizes = np.zeros(len(labels), dtype=np.int64)
+    with doc_clusters_writer(doc_clusters_path(rd)) as write:
+        for _, _, batch in iter_shard_pieces(rd, ["id", field]):
+            cluster = field_clusters(batch.column(1), labels)
+            write(batch.column(0), cluster)
+            sizes += np.bincount(cluster, minlength=len(labels))
+    n = int(sizes.sum())
     info = {"pruning": f"none: clusters are the values of the docs' {field!r} field", "from_field": field,
-            "n_docs": len(cluster), "kept_docs": len(cluster), "pruned_docs": 0, "initial_clusters": len(labels),
+            "n_docs": n, "kept_docs": n, "pruned_docs": 0, "initial_clusters": len(labels),
             "kept_initial_clusters": len(labels), "final_clusters": len(labels),
             "clusters": [{"id": i, "label": v, "members": [i], "size": int(sizes[i]), "mean_scores": {}}
                          for i, v in enumerate(labels)],
@@ -284,13 +401,14 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     if r.from_field:
         run_from_field(rd, str(r.from_field))
         return
+    import zarr
+
     layout = load_layout(rd)
     centroids = load_centroids(rd)
-    labels, _ = open_assignments(rd)
-    ids = load_id_to_row(rd)
-    if ids.num_rows != layout["n_docs"] or len(labels) != layout["n_docs"]:
-        raise RuntimeError(f"refine: {ids.num_rows} ids and {len(labels)} assignments for {layout['n_docs']} docs")
-    scores, axes = load_scores(rd, layout["n_docs"], list(r.get("axes") or DEFAULT_AXES))
+    labels = zarr.open_array(str(assign_array_path(rd, "assignments")), mode="r")
+    if labels.shape[0] != layout["n_docs"]:
+        raise RuntimeError(f"refine: {labels.shape[0]} assignments for {layout['n_docs']} docs")
+    scores, axes = open_scores(rd, layout["n_docs"], list(r.get("axes") or DEFAULT_AXES))
     prune = bool(r.prune)
     if scores is None:
         mode = NO_SCORES
@@ -300,12 +418,15 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     thresholds = OmegaConf.to_container(r.get("thresholds") or {}, resolve=True)
     target = r.get("target_clusters")
     cap = r.get("max_clusters")
-    doc_cluster, info = refine(
-        centroids, labels, scores, axes=axes, thresholds=thresholds, prune=prune,  # type: ignore[arg-type]
-        min_size=int(r.min_size), method=str(r.linkage),
+    sizes, means = stream_cluster_means(labels, scores, len(centroids), block_rows(layout["rows_per_shard"]))
+    initial_to_final, info = plan_clusters(
+        centroids, sizes, means, axes=axes, thresholds=thresholds,  # type: ignore[arg-type]
+        prune=prune and scores is not None, min_size=int(r.min_size), method=str(r.linkage),
         distance=float(r.merge_distance), target_clusters=int(target) if target else None,
         max_clusters=int(cap) if cap else None)
-    write_doc_clusters(doc_clusters_path(rd), ids.column("id").combine_chunks(), doc_cluster)
+    kept = write_refined(rd, layout, labels, initial_to_final)
+    if kept != info["kept_docs"] or info["n_docs"] != layout["n_docs"]:
+        raise RuntimeError(f"refine: wrote {kept} kept docs, the clusters hold {info['kept_docs']} of {info['n_docs']}")
     info = {"pruning": mode, "axes": axes, "thresholds": thresholds if scores is not None else {},
             "min_size": int(r.min_size),
             "merge": {"linkage": str(r.linkage), "criterion": "maxclust" if target else "distance",
@@ -336,7 +457,8 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
 
 
 def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
-    """One task reads every doc's quality and cluster and writes doc_clusters.parquet."""
+    """One task streams every doc's quality and cluster and writes doc_clusters.parquet; its memory is a block
+    of rows and a row group of ids (the module docstring), not the corpus."""
     return Work("rows (CPU)", [1], core_s=x.docs / rate(cfg, x, "refine_docs_s", led, "docs/s a core"))
 
 

@@ -7,6 +7,7 @@ Layout under ``<run_dir>/ingest/``::
     docs/shard_{task:05d}.parquet    id: string, text: string, source: string (null), n_chars: int64
     quarantine/shard_{task:05d}.jsonl  one JSON object per rejected record (file, line|row, reason, ...)
     stats/shard_{task:05d}.json      per-task counts
+    id_hashes/shard_{task:05d}.npy   sorted uint64 hashes of the ids written (finalize's duplicate check)
     summary.json                     totals, per-reason and per-source counts, shard list (finalize)
 
 One task per input file, per ~``chunk_mb`` byte range of a plain JSONL file (ranges end on a
@@ -33,10 +34,13 @@ Decisions worth knowing:
 * Duplicate ids: the id must be unique in the corpus (later stages key on it). Within a task a
   repeated id is quarantined as ``duplicate_id`` (the first occurrence, in input order, is kept).
   Across tasks, dropping a row would mean rewriting a finished shard (breaking "a task overwrites
-  only its own outputs" and costing a pass over the data), so finalize instead checks the ``id``
-  columns of all shards (a projection: no text is read) and fails with the offending ids if any id
-  is in two shards. Inputs with such ids need deduplicating, or ``corpus.id_field: null`` to use the
-  generated ids. Generated ids cannot collide across tasks, so the default corpus never fails here.
+  only its own outputs" and costing a pass over the data), so finalize instead fails with the
+  offending ids if any id is in two shards. It never holds the ids: each task writes the sorted
+  64-bit hashes of its ids (``id_hashes/``), finalize merges them a hash range at a time within a
+  fixed memory budget and checks the matches against the ids of just the shards involved, so the
+  check is exact (:mod:`climb_hpc.corpus.dedup`: 1 GiB, 8 bytes a doc read). Inputs with such ids
+  need deduplicating, or ``corpus.id_field: null`` to use the generated ids. Generated ids cannot
+  collide across tasks, so the default corpus never fails here.
 * ``source``: always a column, so every shard has the same schema; null where the input has no
   ``source_field`` (for example a Parquet file without that column). Summaries count null as
   ``"<none>"``.
@@ -70,11 +74,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from climb_hpc.corpus.builtin import write_builtin_corpus
+from climb_hpc.corpus.dedup import count_hashes, cross_shard_duplicates, hashes_of_shard, write_hashes
 from climb_hpc.corpus.readers import DamagedFile, check_unchanged, discover_inputs, iter_records, plan_file
 from climb_hpc.errors import ConfigError, InputError
 from climb_hpc.estimate import Inputs, Ledger, Work, rate
@@ -151,6 +155,9 @@ class Outputs:
     def stats(self, task: int) -> Path:
         return self.dir / "stats" / f"shard_{task:05d}.json"
 
+    def id_hashes(self, task: int) -> Path:
+        return self.dir / "id_hashes" / f"shard_{task:05d}.npy"
+
 
 def outputs(run_dir: RunDir) -> Outputs:
     return Outputs(run_dir.path / NAME)
@@ -166,6 +173,10 @@ def quarantine_path(run_dir: RunDir, task: int) -> Path:
 
 def stats_path(run_dir: RunDir, task: int) -> Path:
     return outputs(run_dir).stats(task)
+
+
+def hashes_path(run_dir: RunDir, task: int) -> Path:
+    return outputs(run_dir).id_hashes(task)
 
 
 def plan_path(run_dir: RunDir) -> Path:
@@ -401,8 +412,10 @@ def ingest_task(
     compression: str = "zstd",
     rows_per_group: int = 10000,
     damaged_files: str = "fail",
+    hashes: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """Read one task's records; write the doc shard and the quarantine file (atomically); return stats.
+    """Read one task's records; write the doc shard and the quarantine file (atomically), and the sorted
+    hashes of the ids written to ``hashes`` when given (finalize's cross-shard check); return stats.
 
     A damaged input raises :class:`DamagedFile` (nothing is written), or with
     ``damaged_files="quarantine"`` ends the task's records there (see the module docstring)."""
@@ -452,6 +465,8 @@ def ingest_task(
             docs_in += 1
             reject("damaged_file", f"{e.error} ({e.where})", "", offset=e.offset, row_group=e.row_group)
         out.close()
+    if hashes is not None:
+        write_hashes(hashes, seen)
     quarantined = sum(reasons.values())
     stats = {
         "task": spec["task"],
@@ -493,7 +508,8 @@ def run(cfg: DictConfig, run_dir: RunDir, task: int) -> None:
         raise IndexError(f"ingest has {len(tasks)} tasks; there is no task {task}")
     spec = tasks[task]
     check_unchanged(spec)
-    stats = ingest_task(spec, _fields(c), shard_path(run_dir, task), quarantine_path(run_dir, task), **_task_options(c))
+    stats = ingest_task(spec, _fields(c), shard_path(run_dir, task), quarantine_path(run_dir, task),
+                        hashes=hashes_path(run_dir, task), **_task_options(c))
     atomic_write_json(stats_path(run_dir, task), stats)
     rate = stats["docs_in"] / max(stats["seconds"], 1e-9)
     print(
@@ -530,25 +546,14 @@ def _task_stats(run_dir: RunDir, spec: dict[str, Any]) -> dict[str, Any]:
         q_lines = sum(1 for _ in f)
     if q_lines != stats["docs_quarantined"]:
         problems.append(f"quarantine has {q_lines} records, stats say {stats['docs_quarantined']}")
+    hashes = hashes_path(run_dir, t)
+    if not hashes.exists():  # a shard made before the hash files: hash its ids now (one shard in memory)
+        hashes_of_shard(shard_path(run_dir, t), hashes)
+    if count_hashes(hashes) != rows:
+        problems.append(f"{hashes.name} has {count_hashes(hashes)} id hashes, the shard {rows} rows")
     if problems:
         raise RuntimeError(f"ingest task {t} ({spec['path']}): " + "; ".join(problems))
     return stats
-
-
-def cross_shard_duplicates(paths: Sequence[Path], examples: int = 5) -> tuple[int, list[str]]:
-    """(number of ids found in more than one shard, a few of them with their shards)."""
-    ids = pa.chunked_array(
-        [pq.read_table(p, columns=["id"]).column("id").combine_chunks() for p in paths], type=pa.string()
-    )
-    if len(ids) == 0:
-        return 0, []
-    counts = pc.value_counts(ids)
-    dups = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-    shown = []
-    for d in dups[:examples].to_pylist():
-        where = [p.name for p in paths if pc.any(pc.equal(pq.read_table(p, columns=["id"]).column("id"), d)).as_py()]
-        shown.append(f"{d!r} in {', '.join(where)}")
-    return len(dups), shown
 
 
 def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
@@ -591,10 +596,11 @@ def finalize(cfg: DictConfig, run_dir: RunDir) -> None:
             f"({dict(reasons)}). Check corpus.text_field / corpus.paths and {quarantine_path(run_dir, 0).parent}"
         )
     shards = [shard_path(run_dir, s["task"]) for s in all_stats]
-    n_dup, shown = cross_shard_duplicates(shards)
-    if n_dup:
+    n_dup, shown, capped = cross_shard_duplicates([hashes_path(run_dir, s["task"]) for s in all_stats], shards)
+    if n_dup or capped:
         raise InputError(
-            f"ingest: {n_dup} ids appear in more than one shard, e.g. {'; '.join(shown)}. Ids must be "
+            f"ingest: {'at least ' if capped else ''}{n_dup} ids appear in more than one shard, e.g. "
+            f"{'; '.join(shown)}. Ids must be "
             "unique in the corpus: deduplicate the input, or set corpus.id_field=null to use "
             "generated ids (file + line)"
         )

@@ -18,7 +18,7 @@ shard and each task's row range. Later stages find rows by id in ``id_to_row.par
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,6 +248,26 @@ def open_embeddings(rd: RunDir, mode: str = "r") -> zarr.Array:
     import zarr
 
     return zarr.open_array(str(store_path(rd)), mode=mode)
+
+
+#: rows a streaming reader holds at a time (1 Mi rows: 16 MiB of float32 [n, 4] scores)
+BLOCK_ROWS = 1 << 20
+
+
+def block_rows(rows_per_shard: int, target: int | None = None) -> int:
+    """Whole Zarr shards adding up to about ``target`` (default ``BLOCK_ROWS``) rows, at least one shard: a
+    block never splits a shard, so each shard file is read once."""
+    R = max(1, int(rows_per_shard))
+    return R * max(1, int(target or BLOCK_ROWS) // R)
+
+
+def iter_row_blocks(arr: Any, block: int, a: int = 0, b: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, arr[start:start + block])`` over rows [a, b) of a Zarr (or NumPy) array, in order.
+
+    Streaming readers of per-row arrays use this so that their memory is one block, not the array."""
+    end = arr.shape[0] if b is None else int(b)
+    for s in range(int(a), end, int(block)):
+        yield s, np.asarray(arr[s:min(end, s + int(block))])
 
 
 def load_id_to_row(rd: RunDir) -> pa.Table:
