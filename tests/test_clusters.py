@@ -19,7 +19,7 @@ from climb_hpc.clusters import kmeans, refine
 from climb_hpc.clusters.assign import nearest, open_assignments
 from climb_hpc.clusters.metrics import purity
 from climb_hpc.corpus import iter_doc_shards
-from climb_hpc.embed import open_embeddings
+from climb_hpc.embed import load_id_to_row, open_embeddings
 from climb_hpc.pipeline import run_pipeline
 from climb_hpc.rundir import RunDir, read_json
 from tests.conftest import SLURM, make_cfg
@@ -149,7 +149,7 @@ def test_clustering_is_pure_and_conserves_docs(clustered):
     assert info["kept_docs"] + info["pruned_docs"] == N_DOCS == sum(f["size"] for f in info["clusters"])
     dc = pq.read_table(clustered / "refine" / "doc_clusters.parquet")
     assert dc.column_names == ["id", "cluster"] and dc.num_rows == N_DOCS
-    assert dc.column("id").to_pylist() == pq.read_table(clustered / "embed" / "id_to_row.parquet").column("id").to_pylist()
+    assert dc.column("id").to_pylist() == load_id_to_row(RunDir(clustered)).column("id").to_pylist()
     p = purity(_sources(clustered), _doc_clusters(clustered))
     assert p >= 0.9, (p, info["final_clusters"])
     assert 5 <= info["final_clusters"] <= 40

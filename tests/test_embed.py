@@ -16,7 +16,6 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import zarr
 
@@ -136,7 +135,7 @@ def test_store_is_a_sharded_zarr_v3_array_in_corpus_order(reference):
     x = arr[:].astype(np.float32)
     assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=2e-3)  # every row written, L2-normalised
     ids = [i for _, t in iter_doc_shards(rd, ["id"]) for i in t.column("id").to_pylist()]
-    m = pq.read_table(reference / "embed" / "id_to_row.parquet").to_pydict()
+    m = load_id_to_row(RunDir(reference)).to_pydict()
     assert m["row"] == list(range(N_DOCS)) and m["id"] == ids  # row order = ingest shard order
     layout = read_json(reference / "embed" / "layout.json")
     assert layout["tasks"] == [[0, 16], [16, 32], [32, 48], [48, 64], [64, 70]]

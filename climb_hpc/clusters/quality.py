@@ -102,7 +102,7 @@ def summary_path(rd: RunDir) -> Path:
 
 
 def open_quality(rd: RunDir) -> zarr.Array:
-    """The scores [n_docs, 4] float32, rows in corpus order (ids in ``embed/id_to_row.parquet``)."""
+    """The scores [n_docs, 4] float32, rows in corpus order (ids: ``embed.load_id_to_row``)."""
     import zarr
 
     return zarr.open_array(str(store_path(rd)), mode="r")

@@ -8,6 +8,6 @@ Later stages read the output with :func:`open_embeddings` (rows in corpus order)
 :func:`load_id_to_row` (id -> row). This module imports neither torch nor transformers.
 """
 
-from climb_hpc.embed.store import id_to_row_path, load_id_to_row, load_layout, open_embeddings, store_path
+from climb_hpc.embed.store import load_id_to_row, load_layout, open_embeddings, store_path
 
-__all__ = ["id_to_row_path", "load_id_to_row", "load_layout", "open_embeddings", "store_path"]
+__all__ = ["load_id_to_row", "load_layout", "open_embeddings", "store_path"]

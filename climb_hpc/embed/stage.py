@@ -8,7 +8,6 @@ Layout under ``<run_dir>/embed/``::
     embeddings.zarr/             Zarr v3, sharding codec, created once by the controller
     ids/task_{t:05d}.parquet     (id, row) of the task's rows
     stats/task_{t:05d}.json      docs, tokens, seconds, docs/s, tokens/s, padding, encoder
-    id_to_row.parquet            (id, row) for all rows in order (finalize)
     summary.json                 n_docs, dim, model, tokens, docs/s, tokens/s (finalize)
 
 Tasks: ``ceil(n_docs / (rows_per_shard * shards_per_task))``. Task t owns global rows
@@ -38,7 +37,7 @@ from climb_hpc.corpus import doc_shard_paths
 from climb_hpc.embed import store
 from climb_hpc.embed.store import NAME
 from climb_hpc.estimate import Inputs, Ledger, Work, safetensors_params
-from climb_hpc.rundir import atomic_path, atomic_write_json, read_json
+from climb_hpc.rundir import atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage, stage_resources
 
 if TYPE_CHECKING:
@@ -173,7 +172,8 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
 
 
 def finalize(cfg: DictConfig, rd: RunDir) -> None:
-    """Check every row 0..n_docs-1 is written exactly once, merge id_to_row.parquet, write summary.json."""
+    """Check every row 0..n_docs-1 is written exactly once (the tasks' stats; no id is read here), write
+    summary.json."""
     import zarr
 
     layout = store.load_layout(rd)
@@ -185,17 +185,15 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
                            f"rerun their tasks (rm the markers in {rd.marker_dir(NAME)})")
     totals = {"docs": 0, "tokens": 0, "padded_tokens": 0, "seconds": 0.0, "forward_seconds": 0.0, "task_seconds": 0.0}
     devices: set[str] = set()
-    with atomic_path(store.id_to_row_path(rd)) as tmp, pq.ParquetWriter(tmp, store.IDS_SCHEMA) as out:
-        for t, (a, b) in enumerate(layout["tasks"]):
-            ids = pq.read_table(store.ids_path(rd, t))
-            rows = ids.column("row").to_numpy()
-            if len(rows) != b - a or not np.array_equal(rows, np.arange(a, b)):
-                raise RuntimeError(f"embed task {t}: {store.ids_path(rd, t)} does not cover rows [{a}, {b}); rerun it")
-            out.write_table(ids.cast(store.IDS_SCHEMA))
-            st = read_json(store.stats_path(rd, t), default={})
-            for k in totals:
-                totals[k] += st.get(k, 0)
-            devices.add(f"{st.get('encoder', {}).get('device')} {st.get('encoder', {}).get('dtype')}")
+    for t, (a, b) in enumerate(layout["tasks"]):
+        st = read_json(store.stats_path(rd, t), default={})
+        ids = store.ids_path(rd, t)
+        if st.get("rows") != [a, b] or st.get("docs") != b - a or not ids.exists() \
+                or pq.read_metadata(ids).num_rows != b - a:
+            raise RuntimeError(f"embed task {t}: its stats or {ids} do not cover rows [{a}, {b}); rerun it")
+        for k in totals:
+            totals[k] += st.get(k, 0)
+        devices.add(f"{st.get('encoder', {}).get('device')} {st.get('encoder', {}).get('dtype')}")
     if totals["docs"] != layout["n_docs"]:
         raise RuntimeError(f"embed: tasks embedded {totals['docs']} docs, the layout has {layout['n_docs']}")
     secs = max(totals["seconds"], 1e-9)
@@ -207,7 +205,7 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
         "padding_efficiency": round(totals["tokens"] / max(totals["padded_tokens"], 1), 4),
         "encode_seconds": round(totals["seconds"], 3), "task_seconds": round(totals["task_seconds"], 3),
         "docs_per_s": round(layout["n_docs"] / secs, 2), "tokens_per_s": round(totals["tokens"] / secs, 1),
-        "store": str(path.relative_to(rd.path)), "id_to_row": str(store.id_to_row_path(rd).relative_to(rd.path)),
+        "store": str(path.relative_to(rd.path)), "id_to_row": "ids/task_{t:05d}.parquet",
     }
     atomic_write_json(store.summary_path(rd), summary)
     print("embed: " + json.dumps({k: summary[k] for k in ("n_docs", "dim", "tasks", "tokens", "docs_per_s", "tokens_per_s")}),

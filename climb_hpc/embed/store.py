@@ -12,7 +12,8 @@ read-modify-write of the whole shard file, so two writers in one shard silently 
   killed attempt is never read back).
 
 ``layout.json`` records the layout: n_docs, dim, shard and chunk rows, the row offset of each ingest
-shard and each task's row range. Later stages find rows by id in ``id_to_row.parquet`` (id, row).
+shard and each task's row range. Later stages find rows by id in the tasks' ``ids/task_*.parquet``
+(id, row; :func:`load_id_to_row` reads them in order): never merged into one corpus-sized file.
 """
 
 from __future__ import annotations
@@ -58,10 +59,6 @@ class Outputs:
         return self.dir / "layout.json"
 
     @property
-    def id_to_row(self) -> Path:
-        return self.dir / "id_to_row.parquet"
-
-    @property
     def summary(self) -> Path:
         return self.dir / "summary.json"
 
@@ -94,10 +91,6 @@ def ids_path(rd: RunDir, task: int) -> Path:
 
 def stats_path(rd: RunDir, task: int) -> Path:
     return outputs(rd).stats(task)
-
-
-def id_to_row_path(rd: RunDir) -> Path:
-    return outputs(rd).id_to_row
 
 
 def summary_path(rd: RunDir) -> Path:
@@ -179,7 +172,7 @@ def ensure_array(path: Path, layout: dict[str, Any]) -> zarr.Array:
         zarr.create_array(store=str(tmp), shape=(n, d), chunks=(C, d), shards=(R, d), dtype=DTYPE, fill_value=0,
                           zarr_format=3, dimension_names=("doc", "dim"),
                           attributes={"model": layout["encoder"].get("model"), "layout": "layout.json",
-                                      "rows": "corpus order of the ingest shards; ids in id_to_row.parquet"})
+                                      "rows": "corpus order of the ingest shards; ids in ids/task_*.parquet"})
     return zarr.open_array(str(path), mode="r")
 
 
@@ -244,7 +237,7 @@ def write_ids(path: Path, ids: pa.Array, a: int) -> None:
 
 
 def open_embeddings(rd: RunDir, mode: str = "r") -> zarr.Array:
-    """The embeddings [n_docs, dim] float16, rows in corpus order (see ``id_to_row.parquet``)."""
+    """The embeddings [n_docs, dim] float16, rows in corpus order (ids: :func:`load_id_to_row`)."""
     import zarr
 
     return zarr.open_array(str(store_path(rd)), mode=mode)
@@ -271,5 +264,6 @@ def iter_row_blocks(arr: Any, block: int, a: int = 0, b: int | None = None) -> I
 
 
 def load_id_to_row(rd: RunDir) -> pa.Table:
-    """(id, row) for every document, rows 0..n_docs-1 in order (written by the embed stage's finalize)."""
-    return pq.read_table(id_to_row_path(rd))
+    """(id, row) for every document, rows 0..n_docs-1 in order: the tasks' id files one after the other
+    (corpus-sized: for tests and small runs; a task reads its own file)."""
+    return pa.concat_tables(pq.read_table(ids_path(rd, t)) for t in range(len(load_layout(rd)["tasks"])))
