@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 import traceback
-from typing import Optional
+from typing import Any, Optional
 
 from climb_hpc import preempt
 from climb_hpc.errors import ConfigError, UserError, one_line
-from climb_hpc.rundir import RunDir, task_temps
+from climb_hpc.rundir import RunDir, atomic_write_json, task_temps
 from climb_hpc.stage import Stage, get_stage, task_config
 
 log = logging.getLogger("climb_hpc")
@@ -58,3 +59,41 @@ def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = 
         rd.mark_done(stage_name, task, seconds=round(time.time() - t0, 3), log=log_path,
                      restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
     return "done"
+
+
+def task_usage(seconds: float) -> dict[str, Any]:
+    """What this process used so far: peak resident memory, CPU seconds, and bytes read.
+
+    The peak is ``VmHWM`` (this program's own: ``ru_maxrss`` would start at the parent's RSS when it forked us),
+    ``ru_maxrss`` where there is no /proc. Bytes read are ``/proc/self/io``'s: ``rchar`` = every read() call, page
+    cache included, ``read_bytes`` = what storage delivered; both include the children this process waited for
+    (DataLoader workers), and a file read through mmap (numpy memmap) counts in neither."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    status, io = _proc("status"), _proc("io")
+    peak = int(status["VmHWM"].split()[0]) * 1024 if "VmHWM" in status else ru.ru_maxrss * 1024
+    out: dict[str, Any] = {"wall_seconds": round(seconds, 3), "max_rss_bytes": peak,
+                           "user_seconds": round(ru.ru_utime, 3), "system_seconds": round(ru.ru_stime, 3)}
+    out.update({k: int(io[k]) for k in ("rchar", "read_bytes", "wchar", "write_bytes") if k in io})
+    return out
+
+
+def _proc(name: str) -> dict[str, str]:
+    """``/proc/self/<name>`` as ``key: value`` pairs; empty where there is none (not Linux)."""
+    try:
+        with open(f"/proc/self/{name}") as f:
+            return dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+    except OSError:
+        return {}
+
+
+def record_usage(run_dir: str, stage_name: str, task: int, outcome: str, seconds: float) -> None:
+    """``<run>/logs/<stage>/task_<task>[.rank<r>].usage.json``: :func:`task_usage` of this task process and how it
+    ended (done, skipped, failed, preempted); the last attempt's. Never raises: it is a diagnostic."""
+    rank = global_rank()
+    name = f"task_{task:05d}" + (f".rank{rank}" if rank else "") + ".usage.json"
+    try:
+        atomic_write_json(RunDir(run_dir).log_dir(stage_name) / name,
+                          {"stage": stage_name, "task": task, "rank": rank, "outcome": outcome, "pid": os.getpid(),
+                           **task_usage(seconds)})
+    except Exception as e:  # a full disk, a vanished run folder: the task's result stands
+        log.warning("could not record the task's resource usage: %s", e)

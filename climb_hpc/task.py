@@ -15,6 +15,9 @@ around its own array, under the run folder's lock:
     python -m climb_hpc.task RUN_DIR STAGE finalize    # after tasks 0..N-1: checks, merges, the stage marker
 
 (``climb_hpc.pipeline.hand_launch``). No executor imports this module: it is the program they start.
+
+When a task process ends (done, skipped, failed or preempted) it leaves what it used beside its log,
+``<run>/logs/<stage>/task_<task>[.rank<r>].usage.json`` (the last attempt's; see ``execute.task_usage``).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from climb_hpc import preempt
 from climb_hpc.errors import UserError, one_line
-from climb_hpc.execute import EXIT_PREEMPTED, execute, global_rank
+from climb_hpc.execute import EXIT_PREEMPTED, execute, global_rank, record_usage
 from climb_hpc.rundir import RunDir
 
 log = logging.getLogger("climb_hpc")
@@ -60,13 +64,17 @@ def main(argv: list[str]) -> int:
 
         os.environ.update(slurm_env())
     preempt.install_handler()
+    t0, outcome = time.time(), "failed"
     try:
-        execute(run_dir, stage_name, task, log_path=os.environ.get("CLIMB_HPC_TASK_LOG"))
+        outcome = execute(run_dir, stage_name, task, log_path=os.environ.get("CLIMB_HPC_TASK_LOG"))
     except preempt.Preempted:
+        outcome = "preempted"
         log.warning("task %s/%d saved its state on a preemption request; exiting to be resumed", stage_name, task)
         if global_rank() == 0:  # for a hand launch's sbatch script: requeue me (slurm/distill_32n.sbatch)
             RunDir(run_dir).mark_preempted(stage_name, task)
         return EXIT_PREEMPTED
+    finally:
+        record_usage(run_dir, stage_name, task, outcome, time.time() - t0)
     return 0
 
 

@@ -88,3 +88,28 @@ def test_debug_executor_runs_in_process(tmp_path):
                    "selftest.steps=3", "selftest.step_s=0")
     run_pipeline(cfg)
     assert RunDir(tmp_path).stage_complete("counter")
+
+
+def test_task_records_its_resource_usage(tmp_path):
+    """Each local task process leaves logs/<stage>/task_<t>.usage.json: how it ended, its peak RSS, bytes read."""
+    run = tmp_path / "run"
+    cfg = make_cfg(run, "pipeline.stages=[ingest]", "corpus.builtin.docs_per_domain=20")
+    run_pipeline(cfg)
+    rd = RunDir(run)
+    plan = read_json(run / "ingest" / "plan.json")
+    n = len(plan["tasks"])
+    assert n >= 2
+    for t, spec in enumerate(plan["tasks"]):
+        u = read_json(run / "logs" / "ingest" / f"task_{t:05d}.usage.json")
+        assert (u["stage"], u["task"], u["rank"], u["outcome"]) == ("ingest", t, 0, "done")
+        assert 10 << 20 < u["max_rss_bytes"] < 64 << 30  # a Python process with pyarrow, not a unit mix-up
+        assert 0 < u["wall_seconds"] < 600 and u["user_seconds"] >= 0
+        if "rchar" in u:  # Linux: it read at least its input file
+            assert u["rchar"] >= os.path.getsize(spec["path"]) and u["read_bytes"] >= 0
+    assert rd.stage_complete("ingest")
+    # a failing task records how it ended too (every attempt overwrites it: the last one's)
+    cfg = make_cfg(tmp_path / "noop", "pipeline=selftest", "until=noop", "selftest.tasks=1", "selftest.fail_tasks=[0]",
+                   "cluster.max_retries=0")
+    with pytest.raises(StageFailed):
+        run_pipeline(cfg)
+    assert read_json(tmp_path / "noop" / "logs" / "noop" / "task_00000.usage.json")["outcome"] == "failed"
