@@ -198,7 +198,8 @@ def settings(a: argparse.Namespace, n_docs: int) -> list[str]:
     return ["cluster=local", f"cluster.cpus={a.cpus}", "progress=false", "preflight=skip", "seed=0",
             f"corpus.paths=[{a.work / f'corpus_{n_docs}_{a.docs_per_file}'}]", f"embed.dim={a.dim}",
             "quality.raters=heuristic", f"clusters.kmeans.k_init={a.k}", "clusters.kmeans.niter=10",
-            "clusters.kmeans.gpu=false", "tokenize.vocab_size=1024", "tokenize.train_sample_docs=5000",
+            "clusters.kmeans.gpu=false", f"clusters.kmeans.sample_size={a.n}",  # fixed, as 1e6 is beside 1e9 docs
+            "tokenize.vocab_size=1024", "tokenize.train_sample_docs=5000",
             f"mix.tokens={a.mix_tokens_per_doc * n_docs}"]
 
 
@@ -269,6 +270,11 @@ def cpu_seconds(r: dict[str, Any]) -> float:
     return r["user_seconds"] + r["system_seconds"] + r.get("task_cpu_seconds", 0.0)
 
 
+#: Stages whose single task reads a column of every document by design (issue 18 asks refine to stream within a
+#: memory bound, not to split): shown in the table, left out of the headline bytes_per_task.
+WHOLE_CORPUS_TASKS = ("refine",)
+
+
 def ratios(res: dict[str, Any], scale: str) -> dict[str, Any]:
     """Per stage and overall: the ratio of scale ``scale`` to scale 1."""
     base, big = res["runs"]["1"], res["runs"][scale]
@@ -284,15 +290,14 @@ def ratios(res: dict[str, Any], scale: str) -> dict[str, Any]:
             "task_rss": _ratio(r1.get("task_max_rss_bytes"), rk.get("task_max_rss_bytes")),
             "bytes_per_task": _ratio(r1.get("task_max_rchar"), rk.get("task_max_rchar")),
         }
-    st = out["stages"].values()
     total = [sum(r["seconds"] for r in x["stages"].values()) / x["n_docs"] for x in (base, big)]
     cpu = [sum(cpu_seconds(r) for r in x["stages"].values()) / x["n_docs"] for x in (base, big)]
 
-    def worst(k: str) -> Optional[float]:
-        v = [x[k] for x in st if x[k] is not None]
+    def worst(k: str, skip: tuple[str, ...] = ()) -> Optional[float]:
+        v = [x[k] for s, x in out["stages"].items() if x[k] is not None and s not in skip]
         return max(v) if v else None
 
-    out.update(controller_rss=worst("controller_rss"), bytes_per_task=worst("bytes_per_task"),
+    out.update(controller_rss=worst("controller_rss"), bytes_per_task=worst("bytes_per_task", WHOLE_CORPUS_TASKS),
                task_rss=worst("task_rss"), wall_per_doc=_ratio(total[0], total[1]), cpu_per_doc=_ratio(cpu[0], cpu[1]))
     return out
 
