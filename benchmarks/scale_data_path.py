@@ -225,6 +225,8 @@ def run_scale(a: argparse.Namespace, scale: int, stages: list[str]) -> dict[str,
         extra: list[str] = []
         if stage in ("mix", "export"):  # the clusters are known once refine has run
             extra = [weights_override(run)]
+            if "export" in stages:  # code with the blend: materialise it too (an array), and export to Parquet
+                extra += ["mix.materialize=true", f"mix.export.out={run / 'export_parquet'}"]
         if stage == "quality":  # embed first, outside the measurement
             e = _worker(code, ["embed", str(run), str(a.dim)], log.with_name(f"{run.name}.embed.log"))
             print(f"  {n_docs:,} docs: embeddings written ({e['tasks']} tasks, {e['seconds']:.1f} s)", flush=True)
