@@ -18,6 +18,8 @@ import time
 import traceback
 from typing import Any, Optional
 
+from omegaconf import DictConfig
+
 from climb_hpc import preempt
 from climb_hpc.errors import ConfigError, UserError, one_line
 from climb_hpc.rundir import RunDir, atomic_write_json, task_temps
@@ -33,12 +35,16 @@ def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = None) -> str:
-    """Run one task; returns "done", "skipped" (marker existed) or raises (``Preempted`` included)."""
+def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = None,
+            cfg: Optional[DictConfig] = None) -> str:
+    """Run one task; returns "done", "skipped" (marker existed) or raises (``Preempted`` included).
+
+    ``cfg``: the run's config, already loaded by the caller (a packed Slurm element runs many tasks, and
+    parsing config.yaml is most of a tiny task's time); by default read from the run folder."""
     rd = RunDir(run_dir)
     if rd.is_done(stage_name, task):
         return "skipped"
-    cfg = rd.load_config()
+    cfg = cfg if cfg is not None else rd.load_config()
     stage = get_stage(stage_name)
     if not isinstance(stage, Stage):
         raise ConfigError(f"{stage_name} is a driver stage: it runs in the controller (climb-hpc run), not as tasks")

@@ -256,10 +256,12 @@ class RunDir:
             self._failure(stage, task).unlink()
 
     def done_tasks(self, stage: str) -> set[int]:
-        d = self.marker_dir(stage)
-        if not d.is_dir():
+        """The tasks with a marker: ONE listing of the folder, no stat a task (the Slurm controller's poll)."""
+        try:
+            with os.scandir(self.marker_dir(stage)) as entries:
+                return {int(e.name) for e in entries if e.name.isdigit()}
+        except (FileNotFoundError, NotADirectoryError):
             return set()
-        return {int(p.name) for p in d.iterdir() if p.name.isdigit()}
 
     def marked_stages(self) -> list[str]:
         """Stages with a marker folder, sorted; a family's members as ``<family>/<member>`` (``proxy/climb_r1``)."""

@@ -100,9 +100,12 @@ class SlurmCluster:
     signal_delay_s: int
     array_parallelism: int
     max_array_size: Optional[int]
+    tasks_per_element: Optional[int]
     max_num_timeout: int
     max_retries: int
     poll_s: Any = number()
+    squeue_retries: int
+    squeue_backoff_s: Any = number()
     setup: list[str]
     extra_sbatch: dict[str, Any]
     stage_resources: dict[str, Any]

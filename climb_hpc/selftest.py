@@ -19,6 +19,7 @@ import time
 from omegaconf import DictConfig
 
 from climb_hpc import preempt
+from climb_hpc.estimate import Inputs, Ledger, Work
 from climb_hpc.rundir import RunDir, atomic_write_json, read_json
 from climb_hpc.stage import Resources, Stage
 
@@ -28,8 +29,14 @@ def _noop(cfg: DictConfig, rd: RunDir, task: int) -> None:
         raise RuntimeError(f"selftest: noop task {task} fails on purpose (selftest.fail_tasks)")
 
 
+def _noop_work(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
+    """No work at all: a noop task's cost is its start, which the Slurm executor packs away
+    (``climb_hpc.scheduler.packing``)."""
+    return Work(kind="noop", rounds=[int(cfg.selftest.tasks)])
+
+
 NOOP = Stage(name="noop", run=_noop, num_tasks=lambda cfg, rd: int(cfg.selftest.tasks),
-             resources=lambda cfg: Resources(cpus=1, time_min=10))
+             resources=lambda cfg: Resources(cpus=1, time_min=10), estimate=_noop_work)
 
 
 def counter_value(steps: int, seed: int) -> int:

@@ -35,12 +35,12 @@ POSITIVE_INT = {
     "mc_max_items", "mc_tokens_per_item", "micro_batch_size", "min_frequency", "min_points_per_centroid", "min_size",
     "niter", "nodes", "nredo", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pool_size",
     "pretrain_tokens", "round_h", "round_start_min", "rows_per_group", "rows_per_shard", "sample_size", "samples",
-    "seq_len", "shards_per_task", "sort_window", "steps", "target_clusters", "tasks", "tasks_per_node", "threads",
+    "seq_len", "shards_per_task", "sort_window", "steps", "target_clusters", "tasks", "tasks_per_element", "tasks_per_node", "threads",
     "time_min", "token_budget", "tokens", "tokens_per_doc", "train_sample_docs", "val_tokens", "vocab_size",
 }
 NONNEG_INT = {
     "cpu_task", "drop", "gpu_task", "gpus", "lead_h", "loader_workers", "loss_chunk_tokens", "max_num_timeout",
-    "max_retries", "multinode_job", "pretrain_warmup", "quarantine_excerpt_chars", "seed", "signal_delay_s",
+    "max_retries", "multinode_job", "pretrain_warmup", "quarantine_excerpt_chars", "seed", "signal_delay_s", "squeue_retries",
     "zero3_persistence_threshold",
 }
 POSITIVE_NUM = {
@@ -50,7 +50,7 @@ POSITIVE_NUM = {
     "report_s", "rms_norm_eps", "rope_theta", "temperature", "tokenize_tokens_s", "save_shard_gb",
     "zero_bucket_size", "zero3_max_live_parameters",
 }
-NONNEG_NUM = {"dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
+NONNEG_NUM = {"squeue_backoff_s", "dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
 # plan.cpu: GFLOP/s a core by kind of work, and task start-up seconds, of a CPU profile
 POSITIVE_NUM |= {"encoder_gflops", "kmeans_gflops", "proxy_gflops", "llm_gflops", "distill_gflops", "forward_gflops"}
 NONNEG_NUM |= {"task_start_s", "model_task_start_s"}
@@ -86,7 +86,7 @@ NOT_NULL = {
     "array_parallelism", "batch_size", "budget", "chunk_mb", "chunk_rows", "ckpt_every", "global_batch_size",
     "k_init", "max_retries", "max_length", "nodes", "pool_size", "rows_per_group", "rows_per_shard", "samples",
     "seq_len", "shards_per_task", "tasks_per_node", "tokens", "gpus", "max_num_timeout", "signal_delay_s",
-    "poll_s", "run_dir", "text_field", "loss_chunk_tokens",
+    "poll_s", "run_dir", "text_field", "loss_chunk_tokens", "squeue_retries", "squeue_backoff_s",
 }
 INT_RULES = POSITIVE_INT | NONNEG_INT | {"zero_stage"}
 NUMERIC_RULES = INT_RULES | POSITIVE_NUM | NONNEG_NUM | set(INTERVALS)

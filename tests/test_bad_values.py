@@ -133,6 +133,10 @@ def test_bad_sizes_and_counts_are_refused(override, message):
     ("cluster.poll_s=0", "poll_s=0"),
     ("cluster.time_min=-10", "time_min=-10"),
     ("cluster.mem_gb=0", "mem_gb=0"),
+    ("cluster.tasks_per_element=0", "tasks_per_element=0"),
+    ("cluster.squeue_retries=-1", "squeue_retries=-1"),
+    ("cluster.squeue_backoff_s=-2", "squeue_backoff_s=-2"),
+    ("cluster.squeue_retries=null", "squeue_retries"),
 ])
 def test_bad_slurm_numbers_are_refused(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -318,7 +322,9 @@ def test_dry_run_without_slurm_commands_writes_the_scripts(tmp_path):
     env["PATH"] = ":".join(d for d in env["PATH"].split(":") if not (Path(d) / "srun").exists())
     p = cli("run", f"run_dir={tmp_path / 'dry'}", "cluster=slurm", "dry_run=true", "pipeline=selftest", env=env)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "#SBATCH --array=0-19" in (tmp_path / "dry" / "sbatch" / "noop.sbatch").read_text()
+    # 20 no-op tasks, packed to fill the 8 slots: 7 elements of up to 3
+    assert "#SBATCH --array=0-6%7" in (tmp_path / "dry" / "sbatch" / "noop.sbatch").read_text()
+    assert "would submit 20 task(s) of stage noop as 7 array element(s)" in p.stdout
     assert_one_line_error(cli("run", f"run_dir={tmp_path / 'real'}", "cluster=slurm", "pipeline=selftest", env=env),
                           "not found on PATH", "login node")
     assert not (tmp_path / "real").exists()

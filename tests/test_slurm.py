@@ -37,7 +37,7 @@ def sacct(job: str, fields: str = "JobID,State") -> list[list[str]]:
 
 def test_array_of_24_with_throttle_2_is_one_array(tmp_path):
     run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=24",
-                          "cluster.array_parallelism=2"))
+                          "cluster.array_parallelism=2", "cluster.tasks_per_element=1"))
     assert RunDir(tmp_path).done_tasks("noop") == set(range(24))
     jobs = jobs_of(tmp_path, "noop")
     assert len({j.split("_")[0] for j in jobs.values()}) == 1  # ONE array
@@ -50,7 +50,7 @@ def test_array_of_24_with_throttle_2_is_one_array(tmp_path):
 
 def test_array_larger_than_max_array_size_is_split_and_chained(tmp_path):
     run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=10",
-                          "cluster.max_array_size=4", "cluster.array_parallelism=2"))
+                          "cluster.max_array_size=4", "cluster.array_parallelism=2", "cluster.tasks_per_element=1"))
     assert RunDir(tmp_path).done_tasks("noop") == set(range(10))
     arrays = sorted({j.split("_")[0] for j in jobs_of(tmp_path, "noop").values()}, key=int)
     assert len(arrays) == 3
@@ -61,7 +61,7 @@ def test_array_larger_than_max_array_size_is_split_and_chained(tmp_path):
 
 
 def test_relaunch_submits_only_unfinished_tasks(tmp_path):
-    cfg = make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=6")
+    cfg = make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=6", "cluster.tasks_per_element=1")
     run_pipeline(cfg)
     rd = RunDir(tmp_path)
     first = jobs_of(tmp_path, "noop")

@@ -1,7 +1,10 @@
 """Tasks as Slurm job arrays through submitit: the only module that imports submitit.
 
-One stage = one job array (split at the cluster's MaxArraySize, the parts chained so the ``%N``
-throttle holds overall). Each array element runs ``SlurmTask`` -> ``climb_hpc.execute.execute``.
+One stage = one job array of elements, each running one task or several one after another
+(``cluster.tasks_per_element``, ``packing.py``); an array larger than the cluster's MaxArraySize is split,
+the parts chained so that the ``%N`` throttle (N elements at once) holds overall. Each element runs
+``SlurmTask`` -> ``climb_hpc.execute.execute`` for each of its tasks. The controller polls with one
+``squeue`` call (retried with backoff) and one listing of the stage's marker folder a poll.
 Preemption: for a checkpointable stage the USR2 signal only raises a flag; the task saves at its next
 safe point and raises ``Preempted``, and then submitit's own handler requeues the job (timeouts are
 requeued at most ``cluster.max_num_timeout`` times). Job ids are kept in the run folder, so a
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,8 +31,10 @@ from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import _make_sbatch_string
 
 from climb_hpc.config import ConfigError
+from climb_hpc.errors import UserError, one_line
 from climb_hpc.rundir import atomic_write, atomic_write_json, read_json
 from climb_hpc.scheduler.base import Executor, Outcome
+from climb_hpc.scheduler.packing import pack, tasks_per_element
 from climb_hpc.scheduler.slurm_options import max_array_size, submitit_parameters, test_only
 from climb_hpc.scheduler.slurm_task import SlurmTask
 from climb_hpc.stage import Resources, Stage
@@ -41,14 +47,15 @@ class SlurmExecutor(Executor):
         c = self.cfg.cluster
         where = ", ".join(f"{k}={c.get(k)}" for k in ("partition", "account", "qos", "reservation") if c.get(k))
         return (f"Slurm job array, {res.nodes} node(s) x {res.tasks_per_node} task(s), {res.cpus} CPU(s), "
-                f"{res.gpus} GPU(s) a task, at most {c.get('array_parallelism')} at once" + (f", {where}" if where else ""))
+                f"{res.gpus} GPU(s) a task, at most {c.get('array_parallelism')} element(s) at once"
+                + (f", {where}" if where else ""))
 
     def active_tasks(self, stage: str) -> int:
-        return len(_alive(read_json(self.rd.jobs_file(stage), default={})))
+        return len(self._alive(read_json(self.rd.jobs_file(stage), default={})))
 
-    def _executor(self, stage: Stage, res: Resources) -> tuple[submitit.SlurmExecutor, dict[str, Any]]:
+    def _executor(self, stage: Stage, res: Resources, per_element: int = 1) -> tuple[submitit.SlurmExecutor, dict[str, Any]]:
         params = submitit_parameters(self.cfg.cluster, res, job_name=f"climb-{stage.name}",
-                                      checkpointable=stage.checkpointable)
+                                      checkpointable=stage.checkpointable, tasks_per_element=per_element)
         folder = self.rd.log_dir(stage.name) / "slurm"
         kind = _ScriptOnlyExecutor if self.cfg.get("dry_run") else submitit.SlurmExecutor
         ex = kind(folder=folder, max_num_timeout=int(self.cfg.cluster.max_num_timeout))
@@ -63,59 +70,76 @@ class SlurmExecutor(Executor):
         return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
 
     def run_tasks(self, stage: Stage, tasks: list[int], res: Resources) -> Outcome:
-        ex, _ = self._executor(stage, res)
         size = max_array_size(self.cfg.cluster)
-        chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-        if self.cfg.get("dry_run"):
-            out = self.rd.path / "sbatch"
-            for k, chunk in enumerate(chunks):
-                path = out / (f"{stage.name}.sbatch" if len(chunks) == 1 else f"{stage.name}.part{k}.sbatch")
-                atomic_write(path, self.sbatch_script(ex, len(chunk)))
-                print(f"dry run: would submit {len(chunk)} task(s) of stage {stage.name} with {path}")
-            return "dry_run"
-        jobs = self._attach(stage, tasks)  # task -> Slurm job id
+        jobs = {} if self.cfg.get("dry_run") else self._attach(stage, tasks)  # task -> Slurm job id
         to_submit = [t for t in tasks if t not in jobs]
+        per_element, why = tasks_per_element(self.cfg, stage, res, len(to_submit), size)
+        ex, _ = self._executor(stage, res, per_element)
+        elements = pack(to_submit, per_element)
         if to_submit:
+            log.info("stage %s: %d task(s) as %d array element(s) of up to %d (%s)", stage.name, len(to_submit),
+                     len(elements), per_element, why)
+        if self.cfg.get("dry_run"):
+            self._write_scripts(ex, stage, elements, size)
+            return "dry_run"
+        if elements:
             with outside_job_env():
-                error = test_only(self.sbatch_script(ex, min(len(to_submit), size)))
+                error = test_only(self.sbatch_script(ex, min(len(elements), size)))
                 if error:
                     raise ConfigError(f"Slurm refused the options for stage {stage.name}: {error}\n"
                                       "Check cluster.partition / account / qos / reservation / constraint and "
-                                      "the stage's resources (cluster.stage_resources).")
-                jobs.update(self._submit(ex, stage, to_submit, size))
+                                      "the stage's resources (cluster.stage_resources)"
+                                      + (f"; an element runs {per_element} tasks, and its time limit is theirs "
+                                         "together (cluster.tasks_per_element)" if per_element > 1 else "") + ".")
+                jobs.update(self._submit(ex, stage, elements, size))
         return self._wait(stage, jobs)
+
+    def _write_scripts(self, ex: submitit.SlurmExecutor, stage: Stage, elements: list[list[int]], size: int) -> None:
+        """A dry run: the batch scripts the stage's arrays would be submitted with."""
+        out = self.rd.path / "sbatch"
+        parts = pack(list(range(len(elements))), size)
+        for k, part in enumerate(parts):
+            path = out / (f"{stage.name}.sbatch" if len(parts) == 1 else f"{stage.name}.part{k}.sbatch")
+            atomic_write(path, self.sbatch_script(ex, len(part)))
+            n = sum(len(elements[e]) for e in part)
+            print(f"dry run: would submit {n} task(s) of stage {stage.name} as {len(part)} array element(s) "
+                  f"with {path}")
 
     # ---- submission, re-attachment, polling
     def _jobs_file(self, stage: Stage) -> Path:
         return self.rd.jobs_file(stage.name)
 
-    def _submit(self, ex: submitit.SlurmExecutor, stage: Stage, tasks: list[int], size: int) -> dict[int, str]:
+    def _submit(self, ex: submitit.SlurmExecutor, stage: Stage, elements: list[list[int]], size: int) -> dict[int, str]:
+        """Submit the elements as arrays of at most ``size``, each after the previous one (``afterany``)."""
         fn = SlurmTask(str(self.rd.path), stage.name, stage.checkpointable)
         jobs: dict[int, str] = {}
         previous: Optional[str] = None
-        for i in range(0, len(tasks), size):
-            chunk = tasks[i:i + size]
+        for part in pack(list(range(len(elements))), size):
+            chunk = [elements[e] for e in part]
             ex.update_parameters(dependency=f"afterany:{previous}" if previous else None)
             with deferred_termination():  # an array is recorded as soon as it exists (see there)
                 submitted = ex.map_array(fn, chunk)
                 previous = submitted[0].job_id.split("_")[0]
-                jobs.update(zip(chunk, (j.job_id for j in submitted), strict=True))
+                new = {t: job.job_id for job, element in zip(submitted, chunk, strict=True) for t in element}
+                jobs.update(new)
                 recorded = read_json(self._jobs_file(stage), default={})
-                recorded.update({str(t): submitted[k].job_id for k, t in enumerate(chunk)})
+                recorded.update({str(t): j for t, j in new.items()})
                 atomic_write_json(self._jobs_file(stage), recorded)
-            log.info("stage %s: submitted %d task(s) as job %s", stage.name, len(chunk), previous)
+            log.info("stage %s: submitted %d task(s) as job %s (%d element(s))", stage.name, len(new), previous,
+                     len(chunk))
         return jobs
 
     def _attach(self, stage: Stage, tasks: list[int]) -> dict[int, str]:
         """Jobs of an earlier controller that are still queued or running, by task."""
         recorded = read_json(self._jobs_file(stage), default={})
-        alive = _alive({t: recorded[str(t)] for t in tasks if str(t) in recorded})
+        alive = self._alive({t: recorded[str(t)] for t in tasks if str(t) in recorded})
         if alive:
             log.info("stage %s: re-attached to %d task(s) still queued or running", stage.name, len(alive))
         return alive
 
     def _wait(self, stage: Stage, jobs: dict[int, str]) -> Outcome:
-        """Poll until every task has its marker or its job has left the queue without one."""
+        """Poll until every task has its marker or its element has left the queue without one. A poll is one
+        squeue call and one listing of the marker folder, however many tasks."""
         poll = float(self.cfg.cluster.poll_s)
         folder = self.rd.log_dir(stage.name) / "slurm"
         started = time.time()
@@ -124,10 +148,11 @@ class SlurmExecutor(Executor):
         with self.progress(stage, list(jobs)) as bar:
             while pending:
                 time.sleep(poll)
-                queued = queue_states(pending.values())  # ONE squeue call for every job of the stage
+                queued = self._queue_states(pending.values())  # ONE squeue call for every job of the stage
+                done = self.rd.done_tasks(stage.name)  # ONE listing of the marker folder
                 ended = []
                 for t, job_id in list(pending.items()):
-                    if self.rd.is_done(stage.name, t):
+                    if t in done:
                         del pending[t]
                         bar.update(1)
                     elif job_id not in queued:
@@ -137,27 +162,32 @@ class SlurmExecutor(Executor):
                             bar.update(1)
                             ended.append(t)
                 if ended:
-                    states = final_states([jobs[t] for t in ended])
+                    states = final_states({jobs[t] for t in ended})
                     for t in ended:
                         self._record_failure(stage, t, jobs[t], states.get(jobs[t], "(no state in accounting)"), folder, started)
         return "finished"
 
+    def _queue_states(self, job_ids: Iterable[str]) -> dict[str, str]:
+        c = self.cfg.cluster
+        return queue_states(job_ids, attempts=1 + int(c.get("squeue_retries") or 0),
+                            backoff_s=float(c.get("squeue_backoff_s") or 0))
+
+    def _alive(self, jobs: dict) -> dict:
+        """The entries of ``{task: job id}`` whose job is still queued or running (one squeue call). COMPLETING
+        counts as over: its work is done, and a task without its marker must run again."""
+        if not jobs:
+            return {}
+        queued = self._queue_states(jobs.values())
+        return {t: j for t, j in jobs.items() if queued.get(j, "COMPLETING") != "COMPLETING"}
+
     def _record_failure(self, stage: Stage, task: int, job_id: str, state: str, folder: Path, since: float) -> None:
-        log_path = JobPaths(folder, job_id=job_id, task_id=0).stdout
+        own = self.rd.log_dir(stage.name) / f"task_{task:05d}.log"  # a packed task's own log (not a link)
+        log_path = own if own.is_file() and not own.is_symlink() else JobPaths(folder, job_id=job_id, task_id=0).stdout
         recorded = self.rd.failures(stage.name).get(task) or {}
         if recorded.get("time", 0) < since:  # the task died before it could say why (killed, node lost, ...)
             self.rd.mark_failed(stage.name, task, error=f"Slurm job {job_id} ended {state} without finishing",
                                 log=str(log_path))
         log.error("task %s/%d (job %s) ended %s; log: %s", stage.name, task, job_id, state, log_path)
-
-
-def _alive(jobs: dict) -> dict:
-    """The entries of ``{task: job id}`` whose job is still queued or running (one squeue call). COMPLETING
-    counts as over: its work is done, and a task without its marker must run again."""
-    if not jobs:
-        return {}
-    queued = queue_states(jobs.values())
-    return {t: j for t, j in jobs.items() if queued.get(j, "COMPLETING") != "COMPLETING"}
 
 
 class _ScriptOnlyExecutor(submitit.SlurmExecutor):
@@ -217,16 +247,35 @@ def deferred_termination(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGI
             os.kill(os.getpid(), s)
 
 
-def queue_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """State of every listed job (array elements one by one) still in the queue, in one squeue call."""
+class SlurmUnreachable(UserError):
+    """squeue kept failing: the controller cannot tell which tasks still run."""
+
+
+def queue_states(job_ids: Iterable[str], attempts: int = 1, backoff_s: float = 1.0) -> dict[str, str]:
+    """State of every listed job (array elements one by one) still in the queue, in one squeue call.
+
+    A failed call (slurmctld restarting, overloaded, a network blip) is retried ``attempts - 1`` times after
+    ``backoff_s``, 2 x ``backoff_s``, ... seconds; then SlurmUnreachable names the command and its error."""
     arrays = sorted({j.split("_")[0] for j in job_ids})
     if not arrays:
         return {}
-    p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
-                       capture_output=True, text=True, timeout=120)
-    if p.returncode != 0 and "Invalid job id" not in p.stderr:
-        raise RuntimeError(f"squeue failed: {p.stderr.strip()}")
-    return dict(line.split("|", 1) for line in p.stdout.splitlines() if "|" in line)
+    cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)]
+    why = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if p.returncode == 0 or "Invalid job id" in p.stderr:  # the latter: every listed job has left
+                return dict(line.split("|", 1) for line in p.stdout.splitlines() if "|" in line)
+            why = one_line(p.stderr or p.stdout) or f"exit status {p.returncode}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            why = one_line(str(e))
+        if attempt < attempts:
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning("squeue failed (attempt %d of %d): %s; trying again in %.3g s", attempt, attempts, why, delay)
+            time.sleep(delay)
+    raise SlurmUnreachable(f"`{shlex.join(cmd)}` failed {attempts} time(s), the last: {why}. The stage's jobs are not "
+                           "cancelled: once Slurm answers, run the same command again and it re-attaches to them "
+                           "(cluster.squeue_retries / squeue_backoff_s set how long it waits)")
 
 
 def final_states(job_ids: Iterable[str]) -> dict[str, str]:

@@ -89,8 +89,11 @@ def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
     return value
 
 
-def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, checkpointable: bool) -> dict[str, Any]:
+def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, checkpointable: bool,
+                        tasks_per_element: int = 1) -> dict[str, Any]:
     """The ``SlurmExecutor.update_parameters`` keywords for one stage, or ConfigError.
+
+    An element that runs ``tasks_per_element`` tasks one after another gets their time limits together.
 
     srun is used only where it is needed: to start several ranks, or to deliver the preemption
     signal (Slurm signals job steps, not the batch shell) to a checkpointable task. A plain one-process
@@ -105,7 +108,7 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, chec
                           f"({time_min} min): the preemption signal would come before the job starts")
     params: dict[str, Any] = {
         "job_name": job_name,
-        "time": time_min,
+        "time": time_min * _positive_int(tasks_per_element, "cluster.tasks_per_element"),
         "nodes": _positive_int(res.nodes, "nodes"),
         "ntasks_per_node": _positive_int(res.tasks_per_node, "tasks_per_node"),
         "cpus_per_task": _positive_int(res.cpus, "cpus"),
