@@ -397,8 +397,8 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
 def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
     """The blend costs nothing; with ``mix.materialize`` whole documents are copied into shards, one task a
     tokenize part."""
-    if not _m(cfg).get("materialize"):
-        return Work("text (CPU)", [0], core_s=0.0)
+    if not _m(cfg).get("materialize"):  # the blend's files, written in prepare: about a second
+        return Work("text (CPU)", [1], core_s=1.0)
     from climb_hpc.corpus import ingest
 
     parts = min(ingest.estimate_tasks(cfg, x, led), int(cfg.tokenize.max_parts))
