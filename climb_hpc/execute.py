@@ -11,6 +11,7 @@ the local executor and hand launches run it through the program ``python -m clim
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -35,6 +36,18 @@ def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def raise_open_files_limit() -> None:
+    """Lift the soft limit of open files to the hard one: a proxy trial maps every train store of every cluster
+    (clusters x tokenize.max_parts files), past the 1024 that many nodes hand a job by default."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16),
+                                                        hard))
+
+
 def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = None,
             cfg: Optional[DictConfig] = None) -> str:
     """Run one task; returns "done", "skipped" (marker existed) or raises (``Preempted`` included).
@@ -44,6 +57,7 @@ def execute(run_dir: str, stage_name: str, task: int, log_path: Optional[str] = 
     rd = RunDir(run_dir)
     if rd.is_done(stage_name, task):
         return "skipped"
+    raise_open_files_limit()
     cfg = cfg if cfg is not None else rd.load_config()
     stage = get_stage(stage_name)
     if not isinstance(stage, Stage):

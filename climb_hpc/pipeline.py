@@ -52,7 +52,8 @@ class StageInputError(UserError):
 CONFIG_READERS: tuple[tuple[str, str], ...] = (
     ("corpus", "ingest"), ("seed", "ingest"), ("embed", "embed"), ("quality", "quality"),
     ("clusters.kmeans", "kmeans"), ("clusters.assign", "assign"), ("clusters.refine", "refine"),
-    ("tokenize", "tokenize"), ("proxy", "search"), ("target", "search"), ("search", "search"), ("mix.export", "export"),
+    ("tokenize", "tokenize"), ("proxy.holdout_fraction", "tokenize"),
+    ("proxy", "search"), ("target", "search"), ("search", "search"), ("mix.export", "export"),
     ("mix", "mix"),
     ("minitron.importance", "importance"), ("minitron.prune", "prune"), ("minitron.distill", "distill"),
     ("minitron", "correct"), ("selftest.counter_tasks", "counter"), ("selftest.steps", "counter"),

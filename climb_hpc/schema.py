@@ -101,6 +101,7 @@ class SlurmCluster:
     array_parallelism: int
     max_array_size: Optional[int]
     tasks_per_element: Optional[int]
+    element_max_time_min: int
     max_num_timeout: int
     max_retries: int
     poll_s: Any = number()

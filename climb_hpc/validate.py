@@ -31,7 +31,7 @@ from climb_hpc.schema import check
 POSITIVE_INT = {
     "array_parallelism", "batch_rows", "batch_size", "budget", "chunk_rows", "ckpt_every", "counter_tasks", "cpus",
     "dim", "dist_nodes", "docs_per_domain", "global_batch_size", "head_dim", "hidden_size", "intermediate_size",
-    "k_init", "max_array_size", "max_parts", "max_clusters", "max_items", "max_length", "max_points_per_centroid", "max_tokens",
+    "k_init", "max_array_size", "max_parts", "element_max_time_min", "max_clusters", "max_items", "max_length", "max_points_per_centroid", "max_tokens",
     "mc_max_items", "mc_tokens_per_item", "micro_batch_size", "min_frequency", "min_points_per_centroid", "min_size",
     "niter", "nodes", "nredo", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pool_size",
     "pretrain_tokens", "round_h", "round_start_min", "rows_per_group", "rows_per_shard", "sample_size", "samples",

@@ -55,6 +55,19 @@ def test_tiny_tasks_fill_every_throttle_slot_and_fixed_or_multi_rank_settings_wi
 
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm")
+def test_a_packed_elements_time_limit_is_capped():
+    """Its tasks' limits together, at most cluster.element_max_time_min (a partition would hold a longer job
+    pending for ever; an element that runs out is requeued and goes on at its first unfinished task)."""
+    from climb_hpc.scheduler.slurm_options import submitit_parameters
+
+    cfg = make_cfg(Path("/tmp/unused"), "cluster=slurm")
+    res = Resources(cpus=1, time_min=120)
+    assert submitit_parameters(cfg.cluster, res, "x", False, tasks_per_element=3)["time"] == 360
+    assert submitit_parameters(cfg.cluster, res, "x", False, tasks_per_element=71)["time"] == 2880
+    cfg.cluster.element_max_time_min = 60  # below one task's: one task's limit
+    assert submitit_parameters(cfg.cluster, res, "x", False, tasks_per_element=71)["time"] == 120
+
+
 def test_300_tiny_tasks_are_one_array_of_few_elements_each_task_with_its_marker_and_log(tmp_path):
     """MaxArraySize 10 (as a cluster's 1001 is to 71k tasks): today's rule would chain 30 arrays."""
     run_pipeline(make_cfg(tmp_path, *SLURM, "pipeline=selftest", "until=noop", "selftest.tasks=300",

@@ -109,7 +109,8 @@ def controller_run(tmp_path_factory, request) -> Path:
     print(f"controller.sbatch, ingest .. tokenize: {time.time() - t0:.1f} s")
     log = _tail(base / f"controller-{job}.log")
     assert sacct_states(job) == {job: "COMPLETED"}, log
-    assert f"controller job {job} (restart 0)" in log and "run folder:" in log
+    head = (base / f"controller-{job}.log").read_text()  # the header is its first line: longer than the tail
+    assert f"controller job {job} (restart 0)" in head and "run folder:" in log
     return run
 
 

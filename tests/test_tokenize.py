@@ -149,6 +149,22 @@ def test_read_rows_reads_only_the_row_groups_it_needs(tmp_path):
     assert read_rows(path, 990, 1000, ["x"]).num_rows == 10 and read_rows(path, 5, 5, ["x"]).num_rows == 0
 
 
+def test_store_maps_its_files_only_when_read(tmp_path):
+    """A trial opens every train store of every cluster: a Store holds no open file until its tokens or its
+    document bounds are read, and a training stream maps only the .bin."""
+    import os
+
+    from climb_hpc.corpus.store import Store, StoreWriter
+
+    with StoreWriter(tmp_path / "s", np.uint16) as w:
+        for i in range(5):
+            w.add(np.arange(i + 2))
+    before = len(os.listdir("/proc/self/fd"))
+    stores = [Store(tmp_path / "s") for _ in range(50)]
+    assert len(os.listdir("/proc/self/fd")) == before and len(stores[0]) == 5 and stores[0].num_tokens == 20
+    assert stores[0].doc(4).tolist() == [0, 1, 2, 3, 4, 5] and stores[1].tokens[:2].tolist() == [0, 1]
+
+
 def test_dtype_rule():
     """Megatron's: uint16 below 65500 ids, else int32 (its DType has no uint32)."""
     assert token_dtype(600) == token_dtype(65499) == "uint16"

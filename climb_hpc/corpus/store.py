@@ -12,7 +12,9 @@ The document ids live beside the store in ``PREFIX.ids.parquet`` (one row a docu
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import Union
 
@@ -47,17 +49,22 @@ class StoreWriter:
             raise ValueError(f"token dtype {self.dtype} has no Megatron code")
         self.bin_path, self.idx_path = paths(prefix)
         self._bin = open(self.bin_path, "wb")  # noqa: SIM115 (closed in close())
-        self._lengths: list[int] = []
+        self._lengths = array("i")  # 4 bytes a document (a list of ints would take ~36)
+        self.num_tokens = 0
 
     def add(self, tokens: Union[np.ndarray, list[int]]) -> None:
         """One document (already followed by its EOS when the caller wants one)."""
         a = np.asarray(tokens, dtype=self.dtype)
         self._bin.write(a.tobytes())
         self._lengths.append(len(a))
+        self.num_tokens += len(a)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
 
     def close(self) -> None:
         self._bin.close()
-        write_index(self.idx_path, self.dtype, np.asarray(self._lengths, np.int32))
+        write_index(self.idx_path, self.dtype, np.frombuffer(self._lengths, np.int32))
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -85,7 +92,11 @@ def write_index(path: Path, dtype: np.dtype, lengths: np.ndarray) -> None:
 
 
 class Store:
-    """A read-only store: ``tokens`` (memmap of the .bin), ``lengths`` and ``offsets`` (in tokens) per document."""
+    """A read-only store: ``tokens`` (memmap of the .bin), ``lengths`` and ``offsets`` (in tokens) per document.
+
+    Each memmap holds a file descriptor, and a proxy trial opens every train store of every cluster (up to
+    clusters x ``tokenize.max_parts``): so the .bin is mapped on first use and the .idx only when a
+    document's bounds are asked for (a training stream needs neither the index nor more than one map)."""
 
     def __init__(self, prefix: Union[str, Path]):
         self.prefix = Path(prefix)
@@ -94,26 +105,33 @@ class Store:
             head = f.read(_HEADER)
         if head[:len(MAGIC)] != MAGIC:
             raise ValueError(f"{self.idx_path} is not a Megatron MMIDIDX index")
-        code = head[len(MAGIC) + 8]
-        n = struct.unpack("<Q", head[len(MAGIC) + 9:len(MAGIC) + 17])[0]
-        self.dtype = CODE_DTYPES[code]
-        idx = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
-        self.lengths = idx[_HEADER:_HEADER + 4 * n].view(np.int32)
-        pointers = idx[_HEADER + 4 * n:_HEADER + 12 * n].view(np.int64)
-        self.offsets = pointers // self.dtype.itemsize
+        self.dtype = CODE_DTYPES[head[len(MAGIC) + 8]]
+        self._n = struct.unpack("<Q", head[len(MAGIC) + 9:len(MAGIC) + 17])[0]
         size = self.bin_path.stat().st_size
-        self.tokens = (np.memmap(self.bin_path, dtype=self.dtype, mode="r") if size
-                       else np.zeros(0, self.dtype))
-        if size != int(self.lengths.astype(np.int64).sum()) * self.dtype.itemsize:
-            raise ValueError(f"{self.bin_path} has {size} bytes; its index says "
-                             f"{int(self.lengths.astype(np.int64).sum())} tokens of {self.dtype}")
+        if size % self.dtype.itemsize:
+            raise ValueError(f"{self.bin_path} has {size} bytes: not whole {self.dtype} tokens")
+        self.num_tokens = size // self.dtype.itemsize
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return int(self._n)
 
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tokens)
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        return np.memmap(self.bin_path, dtype=self.dtype, mode="r") if self.num_tokens else np.zeros(0, self.dtype)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        idx = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
+        lengths = idx[_HEADER:_HEADER + 4 * self._n].view(np.int32)
+        if int(lengths.sum(dtype=np.int64)) != self.num_tokens:
+            raise ValueError(f"{self.bin_path} has {self.num_tokens} tokens; its index says "
+                             f"{int(lengths.sum(dtype=np.int64))}")
+        return lengths
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        idx = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
+        return idx[_HEADER + 4 * self._n:_HEADER + 12 * self._n].view(np.int64) // self.dtype.itemsize
 
     def doc(self, i: int) -> np.ndarray:
         a = int(self.offsets[i])

@@ -287,32 +287,46 @@ def load_plan(rd: RunDir) -> dict[str, Any]:
 
 
 class _PartWriter:
-    """The stores of one part: a writer a (cluster, split), opened at its first document."""
+    """The stores of one part: a store and an id table a (cluster, split), opened at its first document. Ids
+    go to the table ``flush_docs`` at a time, so a task holds a batch of ids, not its part's."""
+
+    flush_docs = 65536
 
     def __init__(self, out: Path, dtype: np.dtype):
         self.out, self.dtype = out, dtype
         self.writers: dict[tuple[int, str], StoreWriter] = {}
+        self.tables: dict[tuple[int, str], pq.ParquetWriter] = {}
         self.ids: dict[tuple[int, str], tuple[list[str], list[int]]] = {}
 
     def add(self, c: int, split: str, doc_id: str, row: int, tokens: list[int]) -> None:
         key = (c, split)
         if key not in self.writers:
             self.writers[key] = StoreWriter(self.out / store_name(c, split), self.dtype)
+            self.tables[key] = pq.ParquetWriter(self.out / f"{store_name(c, split)}.ids.parquet", IDS_SCHEMA)
             self.ids[key] = ([], [])
         self.writers[key].add(tokens)
-        self.ids[key][0].append(doc_id)
-        self.ids[key][1].append(row)
+        ids, rows = self.ids[key]
+        ids.append(doc_id)
+        rows.append(row)
+        if len(ids) >= self.flush_docs:
+            self._flush(key)
+
+    def _flush(self, key: tuple[int, str]) -> None:
+        ids, rows = self.ids[key]
+        if ids:
+            table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(rows, pa.int64())], schema=IDS_SCHEMA)
+            self.tables[key].write_table(table)
+        self.ids[key] = ([], [])
 
     def close(self) -> dict[str, dict[str, dict[str, int]]]:
         """Close every store; returns ``{cluster: {split: {docs, tokens}}}`` (tokens with EOS)."""
         counts: dict[str, dict[str, dict[str, int]]] = {}
         for (c, split), w in sorted(self.writers.items()):
             w.close()
-            ids, rows = self.ids[(c, split)]
-            pq.write_table(pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(rows, pa.int64())],
-                                                schema=IDS_SCHEMA), self.out / f"{store_name(c, split)}.ids.parquet")
+            self._flush((c, split))
+            self.tables[(c, split)].close()
             per = counts.setdefault(str(c), {k: {"docs": 0, "tokens": 0} for k in SPLITS})
-            per[split] = {"docs": len(ids), "tokens": int(np.sum(w._lengths, dtype=np.int64))}
+            per[split] = {"docs": len(w), "tokens": int(w.num_tokens)}
         return counts
 
 

@@ -93,7 +93,9 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, chec
                         tasks_per_element: int = 1) -> dict[str, Any]:
     """The ``SlurmExecutor.update_parameters`` keywords for one stage, or ConfigError.
 
-    An element that runs ``tasks_per_element`` tasks one after another gets their time limits together.
+    An element that runs ``tasks_per_element`` tasks one after another gets their time limits together, at most
+    ``cluster.element_max_time_min`` (never less than one task's): a partition would hold a longer job pending
+    for ever, and an element that runs out of time is requeued and goes on at its first unfinished task.
 
     srun is used only where it is needed: to start several ranks, or to deliver the preemption
     signal (Slurm signals job steps, not the batch shell) to a checkpointable task. A plain one-process
@@ -108,7 +110,8 @@ def submitit_parameters(cluster: DictConfig, res: Resources, job_name: str, chec
                           f"({time_min} min): the preemption signal would come before the job starts")
     params: dict[str, Any] = {
         "job_name": job_name,
-        "time": time_min * _positive_int(tasks_per_element, "cluster.tasks_per_element"),
+        "time": min(time_min * _positive_int(tasks_per_element, "cluster.tasks_per_element"),
+                    max(time_min, int(cluster.get("element_max_time_min") or time_min))),
         "nodes": _positive_int(res.nodes, "nodes"),
         "ntasks_per_node": _positive_int(res.tasks_per_node, "tasks_per_node"),
         "cpus_per_task": _positive_int(res.cpus, "cpus"),

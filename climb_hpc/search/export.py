@@ -142,6 +142,7 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     plan = read_json(outputs(rd).plan)
     table = part_table(rd, plan, task)
     if table.num_rows == 0:  # readers (datasets) refuse an empty Parquet file: a part with nothing writes none
+        shard_path(Path(plan["out"]), task).unlink(missing_ok=True)  # nor keeps an earlier export's
         print(f"export task {task}: nothing from this part", flush=True)
         return
     with atomic_path(shard_path(Path(plan["out"]), task)) as tmp:
