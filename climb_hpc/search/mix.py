@@ -364,10 +364,12 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
     if p.get("materialize"):
         docs = tokens = 0
         written: dict[str, dict[str, int]] = {}
+        shard_tokens: list[tuple[int, int]] = []
         for t in range(int(s["parts"])):
             st = read_json(Path(str(outputs(rd).shard(t)) + ".stats.json"))
             if st is None:
                 raise RuntimeError(f"mix: shard {t} has no stats; rerun task {t}")
+            shard_tokens.append((st["tokens"], t))
             docs, tokens = docs + st["docs"], tokens + st["tokens"]
             for c, v in st["clusters"].items():
                 w = written.setdefault(c, {"docs": 0, "tokens": 0, "epochs": 0})
@@ -376,8 +378,6 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
                 w["epochs"] = max(w["epochs"], v["epochs"])
         for c, w in written.items():
             per[c].update({"docs": w["docs"], "tokens": w["tokens"], "passes": w["epochs"]})
-        shard_tokens = [(read_json(Path(str(outputs(rd).shard(t)) + ".stats.json"))["tokens"], t)
-                        for t in range(int(s["parts"]))]
         atomic_write(outputs(rd).shards_megatron, "".join(f"{n / max(tokens, 1)!r} {outputs(rd).shard(t).resolve()}\n"
                                                           for n, t in shard_tokens if n > 0))
         summary.update({"docs": docs, "tokens": tokens, "shards": int(s["parts"]),
