@@ -18,7 +18,7 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 CONSTRAINTS="$(mktemp)"; trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "torch==$TORCH" >"$CONSTRAINTS"
 "${PIP[@]}" -c "$CONSTRAINTS" "torch==$TORCH" 2> >(grep -v "is ignored: it is neither" >&2)
-"${PIP[@]}" -c "$CONSTRAINTS" -e "$ROOT[dev,cpu]" 2> >(grep -v "is ignored: it is neither" >&2)
+"${PIP[@]}" -c "$CONSTRAINTS" -e "$ROOT[dev,cpu,eval]" 2> >(grep -v "is ignored: it is neither" >&2)
 if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "install.sh: CUDA packages were pulled into $VENV; this should not happen on a CPU install" >&2
   exit 1
