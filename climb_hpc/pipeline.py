@@ -53,7 +53,7 @@ CONFIG_READERS: tuple[tuple[str, str], ...] = (
     ("corpus", "ingest"), ("seed", "ingest"), ("embed", "embed"), ("quality", "quality"),
     ("clusters.kmeans", "kmeans"), ("clusters.assign", "assign"), ("clusters.refine", "refine"),
     ("tokenize", "tokenize"), ("proxy.holdout_fraction", "tokenize"),
-    ("proxy", "search"), ("target", "search"), ("search", "search"), ("mix.export", "export"),
+    ("proxy", "search"), ("target", "search"), ("search.final", "mix"), ("search", "search"), ("mix.export", "export"),
     ("mix", "mix"),
     ("minitron.importance", "importance"), ("minitron.prune", "prune"), ("minitron.distill", "distill"),
     ("minitron", "correct"), ("selftest.counter_tasks", "counter"), ("selftest.steps", "counter"),

@@ -311,6 +311,8 @@ class Search:
     references: list[str]
     sampler: Sampler
     predictor: dict[str, Any]
+    final: str  # the answer: predictor | best_measured (climb_hpc/search/final.py)
+    final_candidates: int
     seed: Optional[int]
 
 

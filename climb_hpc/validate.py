@@ -30,7 +30,7 @@ from climb_hpc.schema import check
 # ---- rules by the last part of a key (values may also be null unless noted in NOT_NULL)
 POSITIVE_INT = {
     "array_parallelism", "batch_rows", "batch_size", "budget", "chunk_rows", "ckpt_every", "counter_tasks", "cpus",
-    "dim", "dist_nodes", "docs_per_domain", "global_batch_size", "head_dim", "hidden_size", "intermediate_size",
+    "dim", "dist_nodes", "final_candidates", "docs_per_domain", "global_batch_size", "head_dim", "hidden_size", "intermediate_size",
     "k_init", "max_array_size", "max_parts", "element_max_time_min", "max_clusters", "max_items", "max_length", "max_points_per_centroid", "max_tokens",
     "mc_max_items", "mc_tokens_per_item", "micro_batch_size", "min_frequency", "min_points_per_centroid", "min_size",
     "niter", "nodes", "nredo", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pool_size",
@@ -78,6 +78,7 @@ CHOICES = {
     "target.kind": ("heldout", "jsonl", "mc"),
     "target.normalize": ("char", "token", "none"),
     "search.strategy": ("climb", "regmix", "random"),
+    "search.final": ("predictor", "best_measured"),
     "corpus.damaged_files": ("fail", "quarantine"),
     "preflight": ("run", "skip"),
 }

@@ -50,13 +50,18 @@ def test_climb_search_rounds_bookkeeping_and_rerun_does_nothing(tokenized, tmp_p
     assert all(t["predicted"] is None for t in trials[:4]) and all(t["predicted"] is not None for t in trials[4:])
     best = min(trials, key=lambda t: t["value"])
     assert r["direction"] == "lower" and r["best"] == best  # the best MEASURED one
+    pick = r["predictor_pick"]  # the final predictor's argmax over the pool + 100k fresh mixtures (search.final)
+    assert pick["candidates"] == 300 + 100000 and abs(sum(pick["weights"].values()) - 1) < 1e-9
+    assert pick["measured"] == (pick["source"] == "pool" and pick["pool_index"] in {t["pool_index"] for t in trials})
+    assert r["final_predictor"]["n_rows"] == 7 and {"spearman", "mae", "rmse"} <= set(r["final_predictor"])
+    assert r["final"] == {"choice": "best_measured", "weights": best["weights"]}  # the default
     assert set(r["references"]) == {"uniform", "natural"}
     assert all((run / "search" / f"predictor{k}.txt").exists() for k in ("", "_r2", "_r3"))  # each round's kept
     assert all((run / "report" / f).exists() for f in ("final_weights.png", "predicted_vs_measured.png",
                                                         "mixture_map.png"))
     assert np.load(run / "search" / "pool.npy").shape == (300, 7)
     mixture = read_json(run / "mixture.json")
-    assert mixture["source"] == "search" and mixture["weights"] == best["weights"]
+    assert mixture["source"] == "search" and mixture["weights"] == r["final"]["weights"]
     before = _metrics_mtimes(run)
     assert len(before) == 9  # 7 trials + 2 references
     search = next(r for r in status(RunDir(run)) if r["stage"] == "search")  # the search's rounds, counted
@@ -100,6 +105,7 @@ def test_killed_search_resumes_where_it_stopped_and_matches_an_uninterrupted_one
     assert {k: v for k, v in _metrics_mtimes(run).items() if "climb_r1" in k} == round1  # not rerun
     a, b = read_json(Path(ref.run_dir) / "search" / "result.json"), read_json(run / "search" / "result.json")
     assert a["trials"] == b["trials"] and a["best"] == b["best"] and a["references"] == b["references"]
+    assert a["predictor_pick"] == b["predictor_pick"] and a["final"] == b["final"]  # the same answer on resume
 
 
 @pytest.mark.parametrize("strategy,rounds", [("random", [1] * 7), ("regmix", [1] * 6 + [2])])

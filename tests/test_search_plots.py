@@ -143,3 +143,33 @@ def test_pca_2d_sign_and_padding() -> None:
         assert c[np.argmax(np.abs(c))] > 0
     _, flat = pca_2d(np.ones((5, 1)))  # no variance: zero components, not NaN
     assert np.all(flat == 0)
+
+
+def test_report_shows_both_picks_the_answer_and_the_heldout_error(tmp_path: Path) -> None:
+    import re
+    from html import unescape
+
+    from climb_hpc.report.common import Ctx
+    from climb_hpc.report.mixture import search_section
+
+    pool = _pool(200, 5)
+    result = _result(pool)
+    fresh = {str(c): w for c, w in enumerate([0.1, 0.2, 0.3, 0.2, 0.2])}
+    result["predictor_pick"] = {"weights": fresh, "predicted": 2.75, "measured": False, "value": None,
+                                "round": None, "trial": None, "pool_index": None, "source": "fresh sample",
+                                "candidates": 100200}
+    result["final_predictor"] = {"n_rows": 9, "n_holdout": 2, "spearman": 0.5, "mae": 0.0123, "rmse": 0.0234}
+    result["final"] = {"choice": "predictor", "weights": fresh}
+    run = _write_run(tmp_path, result, pool)
+    html = unescape(search_section(Ctx(run=run, cfg={})).render())
+    assert "The answer is the final predictor's pick" in html
+    row = re.search(r'<tr class="hl"><td>final predictor\'s pick \(predicted 2\.75; not measured, from the fresh '
+                    r'sample\)</td>', html)
+    assert row, "the predictor's pick is the highlighted answer"
+    assert re.search(r"<tr><td>best measured</td>", html)  # not highlighted: not the answer
+    assert "held-out Spearman 0.5, MAE 0.0123, RMSE 0.0234 on 2 held-out trials" in html
+    assert "100,200 candidates" in html
+    _check_pngs(search_plots(run), run / "report")  # the plots draw the pick as well
+    result["final"] = {"choice": "best_measured", "weights": result["best"]["weights"]}
+    html = unescape(search_section(Ctx(run=_write_run(tmp_path / "b", result, pool), cfg={})).render())
+    assert re.search(r'<tr class="hl"><td>best measured</td>', html) and "The answer is the best measured" in html

@@ -39,6 +39,18 @@ def _search_pngs(result: dict[str, Any], pool: np.ndarray | None) -> list[tuple[
         return [(p.name, p.read_bytes()) for p in paths]
 
 
+def final_predictor_text(report: Mapping[str, Any] | None, pick: Mapping[str, Any]) -> str:
+    """One sentence on the final predictor: rows, held-out error, what its argmax was taken over."""
+    if not report:
+        return "No final predictor: fewer than 2 trials were measured."
+    held = (f"held-out Spearman {fmt(report.get('spearman'))}, MAE {fmt(report.get('mae'))}, RMSE "
+            f"{fmt(report.get('rmse'))} on {report.get('n_holdout')} held-out trials"
+            if report.get("n_holdout") else "no held-out split (too few trials), so no held-out error")
+    over = f" Its argmax was taken over {fmt(pick.get('candidates'))} candidates (the pool and a fresh sample)." \
+        if pick.get("candidates") else ""
+    return f"Final predictor, refit on {report.get('n_rows')} measured trials: {held}.{over}"
+
+
 def search_section(ctx: Ctx) -> Section:
     sec = Section("search", "Mixture search")
     search = ctx.outputs("search")
@@ -50,20 +62,31 @@ def search_section(ctx: Ctx) -> Section:
     direction = sp._direction(r)
     label = sp._target_label(r)
     best, pick = r.get("best") or {}, r.get("predicted_best") or {}
+    final_pick, final = r.get("predictor_pick") or {}, sp._final_choice(r)
     refs = sp._references(r)
+    answer = {"best_measured": "the best measured mixture",
+              "predictor": "the final predictor's pick (search.final=predictor)"}.get(final, final)
     sec.p(f"{r.get('strategy', '?')} search over {len(r.get('clusters') or [])} clusters: {len(trials)} proxy trials "
           f"(budget {r.get('budget')}) drawn from a pool of {r.get('pool_size')} candidate mixtures, scored on "
-          f"{label} ({direction} is better). The answer is the best measured mixture.")
+          f"{label} ({direction} is better). The answer is {answer}."
+          + (f" ({(r.get('final') or {}).get('note')}.)" if (r.get("final") or {}).get("note") else ""))
     rows = [["best measured", best.get("round"), best.get("trial"), best.get("value"), 0.0 if best else None,
              weights_text(best.get("weights"))]]
     if pick:
         rows.append(["predictor's pick", pick.get("round"), pick.get("trial"), pick.get("value"),
                      _delta(pick.get("value"), best.get("value")), weights_text(pick.get("weights"))])
+    if final_pick:
+        where = "measured" if final_pick.get("measured") else f"not measured, from the {final_pick.get('source')}"
+        rows.append([f"final predictor's pick (predicted {fmt(final_pick.get('predicted'))}; {where})",
+                     final_pick.get("round"), final_pick.get("trial"), final_pick.get("value"),
+                     _delta(final_pick.get("value"), best.get("value")), weights_text(final_pick.get("weights"))])
     for name, ref in sorted(refs.items()):
         rows.append([f"{name} (reference)", "", "", ref.get("value"), _delta(ref.get("value"), best.get("value")),
                      weights_text(ref.get("weights"))])
     sec.h3("Best mixture and references")
-    sec.table(["mixture", "round", "trial", label, "minus best", "weights"], rows, highlight=[True], digits=5)
+    highlight = [final == "best_measured"] + ([False] if pick else []) + ([final == "predictor"] if final_pick else [])
+    sec.table(["mixture", "round", "trial", label, "minus best", "weights"], rows, highlight=highlight, digits=5)
+    sec.p(final_predictor_text(r.get("final_predictor"), final_pick))
     beaten = [n for n, ref in refs.items() if finite(ref.get("value")) and finite(best.get("value"))
               and ((best["value"] < ref["value"]) if direction == "lower" else (best["value"] > ref["value"]))]
     if refs:
@@ -93,7 +116,8 @@ def search_section(ctx: Ctx) -> Section:
             sec.note(f"{ctx.rel(search.pool)}: unreadable ({type(e).__name__}: {e}); the map shows the tried mixtures only",
                      warn=True)
     captions = {
-        sp.FILES[0]: "The best measured mixture's weight per cluster next to the natural token shares.",
+        sp.FILES[0]: "The best measured mixture's and the final predictor's pick's weight per cluster next to the "
+                     "natural token shares; the title names the answer (search.final).",
         sp.FILES[1]: "The predictor's value for each trial it picked (made before the trial ran) against the "
                      "measured value; on the dashed line the prediction was exact.",
         sp.FILES[2]: "Every candidate of the pool (grey) and the tried mixtures (coloured by score, marker by round) "
@@ -157,7 +181,7 @@ def weights_section(ctx: Ctx) -> Section:
     if not ctx.has(out.mixture):
         ctx.missing(sec, "mix", out.mixture)
         if ctx.has(ctx.outputs("search").result):
-            sec.p("The search's best measured mixture is in the search section above.")
+            sec.p("The search's answer is in the search section above.")
         return sec
     m = ctx.json(out.mixture)
     weights = {int(c): float(v) for c, v in (m.get("weights") or {}).items()}
@@ -172,7 +196,8 @@ def weights_section(ctx: Ctx) -> Section:
     mixed = None
     if ctx.has(out.summary):
         mixed = ctx.json(out.summary)
-    where = {"search": "the search (its best measured mixture)", "config": "the config (mix.weights)"}.get(src, src)
+    where = {"search": "the search (its answer, search.final: see the search section)",
+             "config": "the config (mix.weights)"}.get(src, src)
     if mixed and mixed.get("shards"):
         done = (f"{fmt(mixed.get('tokens'))} tokens in {fmt(mixed.get('docs'))} whole documents written to "
                 f"{mixed['shards']} Megatron shards, {ctx.rel(out.shards_megatron.parent)}")

@@ -1,6 +1,7 @@
 """Plots of a mixture search: ``<run>/search/result.json`` + ``pool.npy`` -> three PNGs.
 
-- ``final_weights.png``: the best measured mixture's weight per cluster next to the natural token shares;
+- ``final_weights.png``: the best measured mixture's and the final predictor's pick's weight per cluster next to
+  the natural token shares (the title names the answer, ``search.final``);
 - ``predicted_vs_measured.png``: the predictor's prediction (made before a trial ran) against its measured value;
 - ``mixture_map.png``: a 2-D PCA of the candidate pool with the tried mixtures coloured by their score.
 
@@ -147,8 +148,14 @@ def pca_2d(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- plots
 
+def _final_choice(result: Mapping[str, Any]) -> str:
+    """The answer the search recorded (a result.json without one predates ``search.final``: best measured)."""
+    return str((result.get("final") or {}).get("choice") or "best_measured")
+
+
 def plot_final_weights(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Grouped bars: the best measured mixture's weight per cluster next to the natural token shares."""
+    """Grouped bars: the best measured mixture's and the predictor's pick's weight per cluster next to the
+    natural token shares."""
     clusters = _clusters(result)
     k = len(clusters)
     fig = Figure(figsize=(max(FIGSIZE[0], min(20.0, 0.28 * k)), FIGSIZE[1]))
@@ -165,12 +172,18 @@ def plot_final_weights(result: Mapping[str, Any], path: str | Path) -> Path:
     if shares is None or len(shares) != k:
         shares = _weights_vector(refs.get("natural", {}).get("weights"), clusters) if "natural" in refs else None
     x = np.arange(k)
-    width = 0.4 if shares is not None else 0.7
-    off = width / 2 if shares is not None else 0.0
-    ax.bar(x - off, w, width, label="best measured mixture", color="tab:orange", edgecolor="0.3", linewidth=0.4)
+    final = _final_choice(result)
+    pick = result.get("predictor_pick") or {}
+    series = [(w, "best measured" + (" (final)" if final == "best_measured" else ""), "tab:orange", 1.0)]
+    if pick.get("weights"):
+        series.append((_weights_vector(pick["weights"], clusters),
+                       "predictor's pick" + (" (final)" if final == "predictor" else ""), "tab:green", 1.0))
     if shares is not None:
-        ax.bar(x + off, np.asarray(shares, dtype=float), width, label="natural token shares", color="tab:blue",
-               alpha=0.75, edgecolor="0.3", linewidth=0.4)
+        series.append((np.asarray(shares, dtype=float), "natural token shares", "tab:blue", 0.75))
+    width = 0.8 / len(series)
+    for j, (v, name, color, alpha) in enumerate(series):
+        ax.bar(x + (j - (len(series) - 1) / 2) * width, v, width, label=name, color=color, alpha=alpha,
+               edgecolor="0.3", linewidth=0.4)
     ax.axhline(1.0 / k, color="0.4", ls="--", lw=0.9, label=f"uniform (1/{k})")
 
     step = max(1, math.ceil(k / 40))
@@ -180,7 +193,7 @@ def plot_final_weights(result: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_xlim(-0.6, k - 0.4)
     ax.set_xlabel("cluster")
     ax.set_ylabel("mixture weight (token share)")
-    top = max(float(w.max()), float(np.max(shares)) if shares is not None else 0.0, 1.0 / k)
+    top = max(*(float(np.max(v)) for v, *_ in series), 1.0 / k)
     ax.set_ylim(0, top * 1.3)  # headroom for the legend
     ax.legend(fontsize=8, loc="upper right", framealpha=0.9, ncol=3)
     ax.grid(axis="y", alpha=0.3)
@@ -188,9 +201,11 @@ def plot_final_weights(result: Mapping[str, Any], path: str | Path) -> Path:
 
     ref_txt = ", ".join(f"{name} {_fmt(r.get('value'))}" for name, r in sorted(refs.items()))
     where = f"round {best.get('round')}, trial {best.get('trial')}"
-    ax.set_title(f"best measured {_target_label(result)}: {_fmt(best.get('value'))} ({where})\n"
-                 f"vs {ref_txt or 'no references'} ({_better(result)}; {result.get('strategy', '?')} search)",
-                 fontsize=10)
+    picked = (f"; predictor's pick: {_fmt(pick.get('predicted'))} predicted"
+              + (f", {_fmt(pick.get('value'))} measured" if pick.get("measured") else ", not measured")) if pick else ""
+    ax.set_title(f"best measured {_target_label(result)}: {_fmt(best.get('value'))} ({where}){picked}\n"
+                 f"vs {ref_txt or 'no references'} ({_better(result)}; {result.get('strategy', '?')} search; "
+                 f"final: {final.replace('_', ' ')})", fontsize=10)
     return _save(fig, path)
 
 
@@ -286,6 +301,13 @@ def plot_mixture_map(result: Mapping[str, Any], pool: np.ndarray | None, path: s
                         fontsize=8, color="crimson", zorder=6, bbox=LABEL_BOX,
                         arrowprops={"arrowstyle": "-", "color": "crimson", "lw": 0.8})
             handles.append(Line2D([], [], ls="", marker="*", mfc="none", mec="crimson", ms=12, label="best measured"))
+        pick = result.get("predictor_pick") or {}
+        if pick.get("weights") and not pick.get("measured"):
+            q = proj(_weights_vector(pick["weights"], clusters))[0]
+            ax.scatter([q[0]], [q[1]], s=160, marker="D", facecolor="none", edgecolor="tab:green", linewidth=1.6,
+                       zorder=5)
+            handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="tab:green", ms=8,
+                                  label=f"predictor's pick (predicted {_fmt(pick.get('predicted'))})"))
     else:
         ax.text(0.5, 0.04, "no measured trials", transform=ax.transAxes, ha="center", fontsize=10, color="0.35")
 

@@ -1,7 +1,7 @@
 """Stage ``mix``: the chosen mixture -> ``mixture.json`` and a blend of the token stores that trainers read.
 
-The mixture is the search's best measured one (``search/result.json``) unless ``mix.weights`` gives
-one. Cluster c's weight is spread over its training stores (tokenize's ``train`` stores, held-out
+The mixture is the search's answer (``search/result.json``: the best measured mixture, or the final predictor's
+pick, as ``search.final`` says) unless ``mix.weights`` gives one. Cluster c's weight is spread over its training stores (tokenize's ``train`` stores, held-out
 documents excluded, as in the proxy trials) in proportion to their tokens, so that a trainer sampling
 the blend by its weights draws each cluster's share of tokens::
 
@@ -99,7 +99,7 @@ def _m(cfg: DictConfig) -> DictConfig:
 def chosen_weights(cfg: DictConfig, rd: RunDir) -> tuple[dict[int, float], str, Optional[dict[str, Any]]]:
     """(cluster -> weight, where it came from, the tokenizer they were searched with when known):
     ``mix.weights`` if set, else ``mix.weights_from`` (another run's mixture.json or search/result.json), else
-    this run's search's best measured mixture."""
+    this run's search's answer under ``search.final`` (its best measured mixture, or its predictor's pick)."""
     from climb_hpc.proxy.sampler import normalize_weights
 
     m = _m(cfg)
@@ -109,7 +109,7 @@ def chosen_weights(cfg: DictConfig, rd: RunDir) -> tuple[dict[int, float], str, 
     if m.weights_from:
         path = Path(str(m.weights_from)).expanduser().resolve()
         doc = read_json(path)
-        weights = (doc or {}).get("best", {}).get("weights") if "best" in (doc or {}) else (doc or {}).get("weights")
+        weights = _answer(doc)["weights"] if "best" in (doc or {}) else (doc or {}).get("weights")
         if not isinstance(weights, dict) or not weights:
             raise ConfigError(f"mix.weights_from={path}: no mixture weights there (expected a run's mixture.json "
                               "or search/result.json)")
@@ -119,7 +119,18 @@ def chosen_weights(cfg: DictConfig, rd: RunDir) -> tuple[dict[int, float], str, 
     result = read_json(search_outputs(rd).result)
     if result is None:
         raise ConfigError("mix: no mixture: run the search stage first, or give one with mix.weights={0: 0.5, 3: 0.5}")
-    return normalize_weights(result["best"]["weights"]), "search", result.get("tokenizer")
+    return normalize_weights(_answer(result, str(cfg.search.final))["weights"]), "search", result.get("tokenizer")
+
+
+def _answer(result: dict[str, Any], choice: Optional[str] = None) -> dict[str, Any]:
+    """A search result.json's answer under ``search.final=choice`` (None: the one it recorded); see
+    ``climb_hpc.search.final.final_answer``."""
+    from climb_hpc.search.final import final_answer
+
+    try:
+        return final_answer(result, choice)
+    except ValueError as e:
+        raise ConfigError(f"mix: {e}") from e
 
 
 def tokenizer_warning(searched: Optional[dict[str, Any]], data: dict[str, Any]) -> Optional[str]:

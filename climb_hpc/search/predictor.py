@@ -94,11 +94,13 @@ class Predictor:
         return lgb.train(params, train, num_boost_round=rounds, valid_sets=[val], callbacks=[stop])
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-        """Fit; returns a report: rows, trees, held-out Spearman (None without a split) and a note."""
+        """Fit; returns a report: rows, trees, the held-out Spearman, MAE and RMSE (None without a split; in the
+        units of ``y``, from the early-stopped model before any refit) and a note."""
         X, y = _check_xy(X, y)
         n, k = X.shape
         n_est = self.kwargs["n_estimators"]
-        report: dict[str, Any] = {"n_rows": n, "n_features": k, "spearman": None, "n_holdout": 0}
+        report: dict[str, Any] = {"n_rows": n, "n_features": k, "spearman": None, "mae": None, "rmse": None,
+                                  "n_holdout": 0}
         n_val = int(round(self.kwargs["holdout"] * n))
         if n < MIN_ROWS_FOR_SPLIT or n_val < 2 or n - n_val < 2:
             self.booster = self._train(X, y, n_est)
@@ -108,7 +110,8 @@ class Predictor:
             val, tr = perm[:n_val], perm[n_val:]
             model = self._train(X[tr], y[tr], n_est, valid=(X[val], y[val]))
             best = max(1, int(model.best_iteration or n_est))
-            report.update(n_holdout=n_val, n_trees=best, spearman=_spearman(y[val], model.predict(X[val], num_iteration=best)))
+            held = model.predict(X[val], num_iteration=best)
+            report.update(n_holdout=n_val, n_trees=best, spearman=_spearman(y[val], held), **_errors(y[val], held))
             if self.kwargs["refit_full"]:
                 self.booster = self._train(X, y, best)
                 report["note"] = f"early-stopped at {best} trees on a {n - n_val}/{n_val} split, refit on all {n} rows"
@@ -165,6 +168,12 @@ def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
         raise ValueError("X and y must be finite")
     return X, y
+
+
+def _errors(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Mean absolute and root-mean-square error of predictions ``p`` for ``y``."""
+    d = np.asarray(p, dtype=np.float64) - y
+    return {"mae": float(np.mean(np.abs(d))), "rmse": float(np.sqrt(np.mean(d * d)))}
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -8,18 +8,28 @@ from it. Every choice depends only on the seed and the measured values, so a pre
 search resumes by replaying: finished rounds answer at once from their groups' results, the round in
 flight re-attaches to its array, and tried configurations are never run again.
 
+The answer (``search.final``, ``climb_hpc/search/final.py``): ``best_measured``, the best measured trial, or
+``predictor``, the argmax of the final predictor (refit on every measured trial) over the pool and a fresh
+seeded sample of ``search.final_candidates`` mixtures drawn like the pool. Both picks are always computed and
+recorded; the choice depends only on the seed and the measured values, so a resumed search makes the same one.
+``search.final`` is read again by the mix stage (``climb_hpc.pipeline.CONFIG_READERS``): changing it after the
+search resets mix and what follows, not the proxy trials.
+
 Outputs under ``search/``: ``pool.npy`` (the candidates), ``result.json`` (every trial: round,
-weights, measured and predicted value; each round's predictor report with its held-out Spearman; the
-best measured mixture; the predictor's pick; the reference mixtures), ``predictor_r<k>.txt`` (the predictor
-that chose round k, fit on ``value`` when lower is better, ``-value`` when higher), ``predictor.txt``
-(refit on every measured trial, for later use); the plots go to ``report/`` (final weights, predicted vs
-measured per round, a 2-D map of the tried mixtures).
+weights, measured and predicted value; each round's predictor report with its held-out Spearman; ``best``,
+the best measured mixture; ``predicted_best``, the strategy's last predicted best (measured); ``predictor_pick``,
+the final predictor's argmax (weights, predicted value, whether it was measured); ``final_predictor``, that
+predictor's fit report with its held-out Spearman, MAE and RMSE; ``final``, the answer: choice and weights;
+the reference mixtures), ``predictor_r<k>.txt`` (the predictor that chose round k), ``predictor.txt`` (the final
+predictor); every predictor is fit on ``value`` when lower is better, ``-value`` when higher. The plots go to
+``report/`` (final weights, predicted vs measured per round, a 2-D map of the tried mixtures).
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +100,21 @@ def candidate_pool(cfg: DictConfig, rd: RunDir, clusters: list[int]) -> np.ndarr
     return sample_candidates(token_shares(rd, clusters), int(s.pool_size), rng, **(_plain(s.get("sampler")) or {}))
 
 
+def fresh_candidates(cfg: DictConfig, shares: np.ndarray) -> Iterator[np.ndarray]:
+    """``search.final_candidates`` mixtures drawn like the pool (``search.sampler``, not de-duplicated) from
+    their own seed stream, in batches of ``final.CHUNK`` rows: what the final predictor scores."""
+    from climb_hpc.search.candidates import sample_batch
+    from climb_hpc.search.final import CHUNK
+
+    s = _s(cfg)
+    rng = np.random.default_rng([_seed(cfg), zlib.crc32(b"search-final")])
+    left = int(s.final_candidates)
+    while left > 0:
+        n = min(CHUNK, left)
+        yield sample_batch(shares, n, rng, **(_plain(s.get("sampler")) or {}))
+        left -= n
+
+
 def _seed(cfg: DictConfig) -> int:
     seed = _s(cfg).get("seed")
     return int(cfg.seed if seed is None else seed)
@@ -113,12 +138,15 @@ def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
     from climb_hpc.corpus.tokenize import cluster_ids
     from climb_hpc.proxy import run_mixtures
     from climb_hpc.proxy.targets import DIRECTION, check_target
+    from climb_hpc.search.final import CHOICES
     from climb_hpc.search.strategies import STRATEGIES
 
     s = _s(cfg)
     strategy = str(s.strategy)
     if strategy not in STRATEGIES:
         raise ConfigError(f"search.strategy={strategy!r}: choose {', '.join(STRATEGIES)}")
+    if str(s.final) not in CHOICES:
+        raise ConfigError(f"search.final={s.final!r}: choose {' or '.join(CHOICES)}")
     direction = DIRECTION[check_target(cfg.target)]
     clusters = cluster_ids(rd)
     if len(clusters) < 2:
@@ -156,7 +184,7 @@ def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
 def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, clusters: list[int], pool: np.ndarray,
                   trials: list[dict[str, Any]], result: Any, refs: dict[str, Any], ref_rows: list[dict]) -> None:
     from climb_hpc.corpus.tokenize import data_tokenizer
-    from climb_hpc.search.predictor import Predictor
+    from climb_hpc.search.final import final_answer
 
     predicted = {rep.get("round"): rep.get("predicted") or [] for rep in result.reports}
     for r in sorted({t["round"] for t in trials}):
@@ -166,12 +194,7 @@ def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, cl
     best = by_index[result.best_index] if result.best_index is not None else None
     pick = by_index.get(result.predicted_best_index) if result.predicted_best_index is not None else None
     ok = [t for t in trials if math.isfinite(t["value"])]
-    if len(ok) >= 2:
-        pred = Predictor(seed=_seed(cfg), **(_plain(_s(cfg).get("predictor")) or {}))
-        final_report = pred.fit(pool[[t["pool_index"] for t in ok]], np.array([t["value"] for t in ok]))
-        pred.save(outputs(rd).predictor)
-    else:
-        final_report = None
+    final_report, predictor_pick = _final_predictor(cfg, rd, direction, clusters, pool, ok) if len(ok) >= 2 else (None, None)
     doc = {
         "strategy": strategy, "direction": direction, "target": _plain(cfg.target), "budget": int(_s(cfg).budget),
         "tokenizer": data_tokenizer(rd),
@@ -179,10 +202,11 @@ def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, cl
         "trials": trials,
         "rounds": [{"round": rep.get("round"), **{k: v for k, v in rep.items() if k not in ("round", "predicted")}}
                    for rep in result.reports],
-        "best": best, "predicted_best": pick, "final_predictor": final_report,
+        "best": best, "predicted_best": pick, "predictor_pick": predictor_pick, "final_predictor": final_report,
         "references": {n: {"weights": row["weights"], "value": row["value"]}
                        for n, row in zip(refs, ref_rows, strict=True)},
     }
+    doc["final"] = final_answer(doc, str(_s(cfg).final)) if best else None
     atomic_write_json(outputs(rd).result, doc)
     try:
         from climb_hpc.report.search_plots import search_plots
@@ -191,9 +215,36 @@ def _write_result(cfg: DictConfig, rd: RunDir, strategy: str, direction: str, cl
     except Exception as e:  # plots are for people; a broken plot must not lose the search
         print(f"search: plots failed ({type(e).__name__}: {e}); the result is in {outputs(rd).dir}", flush=True)
     line = f"search ({strategy}, {len(trials)} trials): best measured {direction}-is-better target {best['value']:.5f}"
+    if predictor_pick:
+        line += (f"; predictor's pick {predictor_pick['predicted']:.5f} predicted"
+                 + (f", {predictor_pick['value']:.5f} measured" if predictor_pick["measured"] else " (not measured)"))
     for n, r in doc["references"].items():
         line += f"; {n} {r['value']:.5f}"
-    print(line, flush=True)
+    print(line + f"; final: {doc['final']['choice']}", flush=True)
+
+
+def _final_predictor(cfg: DictConfig, rd: RunDir, direction: str, clusters: list[int], pool: np.ndarray,
+                     ok: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the final predictor on the measured trials ``ok`` (saved as ``predictor.txt``) and take its argmax over
+    the pool and the fresh sample: (its fit report, the pick as recorded in result.json)."""
+    from climb_hpc.search.final import fit_final, predictor_argmax
+
+    idx = [t["pool_index"] for t in ok]
+    pred, report = fit_final(pool[idx], np.array([t["value"] for t in ok]), direction, _seed(cfg),
+                             _plain(_s(cfg).get("predictor")) or {})
+    pred.save(outputs(rd).predictor)
+    measured = np.zeros(len(pool), dtype=bool)
+    measured[idx] = True
+    p = predictor_argmax(pred, direction, pool, measured, fresh_candidates(cfg, token_shares(rd, clusters)))
+    trial = next((t for t in ok if t["pool_index"] == p.pool_index), None) if p.pool_index is not None else None
+    pick: dict[str, Any] = {
+        "weights": trial["weights"] if trial else {str(c): w for c, w in _mixture(clusters, p.weights).items()},
+        "predicted": p.predicted,
+        "measured": trial is not None, "value": trial["value"] if trial else None,
+        "round": trial["round"] if trial else None, "trial": trial["trial"] if trial else None,
+        "pool_index": p.pool_index, "source": "pool" if p.pool_index is not None else "fresh sample",
+        "candidates": len(pool) + int(_s(cfg).final_candidates)}
+    return report, pick
 
 
 def load_result(rd: RunDir) -> dict[str, Any]:
