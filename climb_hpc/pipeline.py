@@ -110,6 +110,7 @@ def check_config(cfg: DictConfig) -> list[str]:
     list, every stage's resources (and, on Slurm, its sbatch options). Returns the stages to run."""
     from climb_hpc.corpus.identity import check as check_tokenizers
     from climb_hpc.minitron.presets import check_given_teacher
+    from climb_hpc.proxy.model import check_init as check_proxy_init
     from climb_hpc.validate import check_input_paths, validate
 
     validate(cfg)
@@ -118,6 +119,7 @@ def check_config(cfg: DictConfig) -> list[str]:
     check_input_paths(cfg, names)
     check_given_teacher(cfg, names)
     check_tokenizers(cfg, names)  # the run's tokenizer is the given checkpoints' (climb_hpc/corpus/identity.py)
+    check_proxy_init(cfg, names)  # proxy.init's weights fit its config and cover its tokenizer
     for name in names:
         stage = get_stage(name)
         res = stage_resources(cfg, stage)

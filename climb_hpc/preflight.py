@@ -5,7 +5,8 @@ It composes the whole config and checks, for the stages that will run:
 * the config itself (:func:`climb_hpc.pipeline.check_config`: values, the stage order and inputs, input paths, a given
   teacher's own values, each stage's resources and Slurm options);
 * every model, built from its config on the meta device (exact parameter counts, no memory): the teacher
-  (``minitron.teacher.path``'s config.json, or the built-in tiny one), the pruned student, the proxy, the encoder;
+  (``minitron.teacher.path``'s config.json, or the built-in tiny one), the pruned student, the proxy (``proxy.init``'s
+  config.json when set, else ``proxy.model``), the encoder;
 * the pruning targets against the teacher: no size above the original, whole KV groups with the same number of query
   heads in each (GQA; ``prune.choose_heads``'s rule), head_dim kept, fewer layers dropped than it has;
 * the batch arithmetic of correct and distill: global = micro x data-parallel ranks x accumulation, with the ranks the
@@ -163,11 +164,9 @@ def models(cfg: DictConfig, names: list[str], rows: list[Check]) -> dict[str, Mo
     if "search" in names:
         from climb_hpc.estimate import Ledger
         from climb_hpc.plan import vocab_size
-        from climb_hpc.proxy.model import llama_config
 
-        p = _guard(rows, "search", "proxy on meta", lambda: model(
-            "proxy", llama_config(cfg.proxy.model, vocab_size(cfg, Ledger()), 0, int(cfg.proxy.seq_len)),
-            f"proxy={cfg.proxy.name}"), "proxy.model")
+        p = _guard(rows, "search", "proxy on meta", lambda: proxy_model(cfg, vocab_size(cfg, Ledger()), rows),
+                   "proxy.init" if cfg.proxy.get("init") else "proxy.model")
         if p is not None:
             out["proxy"] = p
     for m in out.values():
@@ -177,6 +176,21 @@ def models(cfg: DictConfig, names: list[str], rows: list[Check]) -> dict[str, Mo
     if "embed" in names:
         rows.append(encoder_row(cfg))
     return out
+
+
+def proxy_model(cfg: DictConfig, vocab: int, rows: list[Check]) -> Model:
+    """The proxy: ``proxy.init``'s config.json when set (a row says which ``proxy.model`` keys it overrides), else
+    ``proxy.model`` on the run's vocabulary."""
+    from climb_hpc.proxy.model import init_config, init_folder, llama_config, overrides_text, shape_overrides
+
+    folder = init_folder(cfg.proxy)
+    if folder is None:
+        return model("proxy", llama_config(cfg.proxy.model, vocab, 0, int(cfg.proxy.seq_len)), f"proxy={cfg.proxy.name}")
+    conf = init_config(folder)
+    diff = shape_overrides(cfg.proxy, conf)
+    rows.append(Check("search", "proxy.init sets the shape", overrides_text(diff) or "as proxy.model",
+                      "proxy.model not used", True))
+    return model("proxy", conf, f"proxy.init={folder}/config.json")
 
 
 def encoder_row(cfg: DictConfig) -> Check:

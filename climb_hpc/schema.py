@@ -270,6 +270,7 @@ class Proxy:
     ckpt_every: int
     keep_checkpoint: bool
     save_model: bool
+    init: Optional[str]
     seed: Optional[int]
     cpus: int
     gpus: int

@@ -225,7 +225,7 @@ def validate(cfg: DictConfig) -> None:
 #: Inputs named by path: (key, the stage that reads it). Checked before a launch when that stage will run.
 INPUT_PATHS = (
     ("tokenize.tokenizer", "tokenize"), ("quality.raters", "quality"), ("embed.model", "embed"),
-    ("target.path", "search"), ("minitron.teacher.path", "correct"), ("minitron.correct.data", "correct"),
+    ("target.path", "search"), ("proxy.init", "search"), ("minitron.teacher.path", "correct"), ("minitron.correct.data", "correct"),
     ("minitron.importance.model", "importance"), ("minitron.importance.mc_path", "importance"),
     ("minitron.prune.model", "prune"), ("minitron.distill.data", "distill"), ("minitron.distill.teacher", "distill"),
     ("minitron.distill.student", "distill"), ("mix.weights_from", "mix"),

@@ -1,6 +1,7 @@
 """Tokenizer identity: a run's token ids must mean to its models what they meant when the models learned them.
 
-When a checkpoint is given (the teacher, a model to score or prune, distill's teacher or student), the run
+When a checkpoint is given (the teacher, a model to score or prune, distill's teacher or student, the proxy
+trials' ``proxy.init``), the run
 tokenizes with that checkpoint's own tokenizer unless ``tokenize.tokenizer`` names one, and any tokenizer
 that differs from a given checkpoint's is refused before anything runs (:func:`check`), naming both by
 vocabulary size and fingerprint (``climb_hpc.corpus.tokenizer.identity``). A run folder whose data were
@@ -19,7 +20,7 @@ from climb_hpc.errors import ConfigError
 #: checkpoints whose tokenizer the run's data must be in: (config key, the stage that reads it)
 CHECKPOINTS = (("minitron.teacher.path", "correct"), ("minitron.importance.model", "importance"),
                ("minitron.prune.model", "prune"), ("minitron.distill.teacher", "distill"),
-               ("minitron.distill.student", "distill"))
+               ("minitron.distill.student", "distill"), ("proxy.init", "search"))
 
 
 def given_checkpoints(cfg: DictConfig, stages: Optional[list[str]] = None) -> list[tuple[str, Path]]:
@@ -72,10 +73,10 @@ def check(cfg: DictConfig, names: list[str]) -> None:
                 f"{key}={folder} has another tokenizer ({identity_text(ident)}) than {ref_key}={ref_folder} "
                 f"({identity_text(ref)}): its token ids would mean other tokens to the model. Give checkpoints of "
                 "one tokenizer" + (", or leave tokenize.tokenizer unset to use the checkpoint's" if named else ""))
-    _check_run_folder(cfg, ref_key, ref)
+    _check_run_folder(cfg, ref_key, ref_folder, ref)
 
 
-def _check_run_folder(cfg: DictConfig, ref_key: str, ref: dict[str, Any]) -> None:
+def _check_run_folder(cfg: DictConfig, ref_key: str, ref_folder: Path, ref: dict[str, Any]) -> None:
     """A run folder whose corpus is already tokenized must have used a tokenizer with the same ids."""
     from climb_hpc.corpus.tokenizer import identity, identity_text
     from climb_hpc.rundir import RunDir, read_json
@@ -94,5 +95,6 @@ def _check_run_folder(cfg: DictConfig, ref_key: str, ref: dict[str, Any]) -> Non
     if ident != ref:
         what = source or "a BPE trained on it"
         raise ConfigError(f"{rd.path} tokenized its corpus with {what} ({identity_text(ident)}), not with "
-                          f"{ref_key}'s tokenizer ({identity_text(ref)}): its token stores would mean other tokens "
-                          "to the model. Start a new run_dir=")
+                          f"{ref_key}={ref_folder}'s tokenizer ({identity_text(ref)}): its token stores would mean "
+                          f"other tokens to the model. Start a new run_dir=, or give {ref_key} a checkpoint of the "
+                          "run's tokenizer")

@@ -1,4 +1,7 @@
-"""One proxy trial: train a fresh LM on a mixture, checkpointing so a preempted trial resumes exactly.
+"""One proxy trial: train an LM on a mixture, checkpointing so a preempted trial resumes exactly.
+
+The LM starts fresh from ``proxy.model`` and the seed, or from ``proxy.init``'s weights (every trial the same;
+a resumed trial loads its own checkpoint, not the init: ``climb_hpc/proxy/model.py``).
 
 The loop is plain PyTorch on purpose: AdamW, an LR computed from the step (so a resumed run needs no
 scheduler state; both from ``climb_hpc.training``, shared with the Minitron engine), gradient accumulation,
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 
 from climb_hpc import preempt
 from climb_hpc.minitron.losses import linear_ce_sum
-from climb_hpc.proxy.model import build_model, count_params, train_flops_per_token
+from climb_hpc.proxy.model import count_params, init_folder, proxy_model, train_flops_per_token
 from climb_hpc.proxy.sampler import MixtureSampler, training_streams
 from climb_hpc.rundir import atomic_path, atomic_write, atomic_write_json, read_json
 from climb_hpc.training import lr_at, make_optimizer, task_device, torch_threads
@@ -165,10 +168,12 @@ def run_trial(cfg: DictConfig, rd: RunDir, out: Path, weights: Mapping[Union[int
     sampler = MixtureSampler(training_streams(rd, clusters, float(pcfg.holdout_fraction)), weights, seq_len,
                              steps * batch, seed)
     with torch_threads(int(pcfg.get("cpus") or 1)):
-        model = build_model(pcfg.model, summary["vocab_size"], summary["eos_id"], seq_len, seed).to(device)
+        resume = (out / "ckpt" / "state.pt").exists()  # then the checkpoint sets every weight, not proxy.init
+        model = proxy_model(pcfg, summary["vocab_size"], summary["eos_id"], seq_len, seed, weights=not resume)
+        model = model.to(device)
         opt = make_optimizer(model, pcfg.optim, device)
         step, history = 0, []
-        if (out / "ckpt" / "state.pt").exists():
+        if resume:
             step, history = load_checkpoint(out / "ckpt", model, opt)
             print(f"proxy trial {out.name}: resumed from the checkpoint at step {step} of {steps}", flush=True)
         attempts = read_json(out / "attempts.json", default=[])
@@ -190,6 +195,7 @@ def run_trial(cfg: DictConfig, rd: RunDir, out: Path, weights: Mapping[Union[int
     fpt = train_flops_per_token(model.config, seq_len)
     metrics = {**result, "final_train_loss": history[-1]["loss"], "steps": steps, "tokens": tokens,
                "params": count_params(model), "train_flops_per_token": fpt, "device": str(device), "precision": precision,
+               "init": str(init_folder(pcfg)) if init_folder(pcfg) else None,  # proxy.init, else a random init
                "threads": torch.get_num_threads() if device.type == "cpu" else None,
                "resumed_at_step": first or None, "train_seconds": round(train_s, 3),  # this attempt's
                "tokens_per_s": round((steps - first) * batch * seq_len / max(train_s, 1e-9), 1),

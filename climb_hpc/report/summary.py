@@ -42,8 +42,9 @@ def highlights(ctx: Ctx) -> list[tuple[str, str, str]]:
                  f"cut at t={c('clusters.refine.merge_distance')} (at most {c('clusters.refine.max_clusters')})")))
     rows.append(("tokenize", "tokenizer", c("tokenize.tokenizer") or f"byte-level BPE, {c('tokenize.vocab_size')} ids"))
     m = c("proxy.model") or {}
-    rows.append(("search", "proxy", f"{c('proxy.name')}: {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, "
-                 f"{c('proxy.tokens')} tokens a trial"))
+    shape = (f"from proxy.init={c('proxy.init')}" if c("proxy.init") else  # its config.json sets the shape
+             f"{c('proxy.name')}: {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}")
+    rows.append(("search", "proxy", f"{shape}, {c('proxy.tokens')} tokens a trial"))
     tk = c("target.kind")
     rows.append(("search", "target", f"{tk}" + (f" ({c('target.path')})" if c("target.path") else "")))
     rows.append(("search", "strategy", f"{c('search.strategy')}, budget {c('search.budget')}, "

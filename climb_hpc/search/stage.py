@@ -259,6 +259,7 @@ def load_result(rd: RunDir) -> dict[str, Any]:
 
 def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
     """Proxy trials, each round one array (``proxy/<group>``): (training + evaluation) FLOP a trial x trials."""
+    from climb_hpc.proxy.model import init_shape
     from climb_hpc.proxy.stage import ROOT as PROXY
     from climb_hpc.proxy.train import num_steps
     from climb_hpc.search.strategies import split_budget
@@ -274,10 +275,11 @@ def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
     refs = len(list(s.get("references") or []))
     if refs:
         rounds.append(int(led.use("reference trials", refs, "search.references (outside the budget)", "trials")))
-    dims = dims_of(p.model, x.vocab)
+    shape, where = init_shape(p)  # proxy.init's config.json when set, else proxy.model
+    dims = dims_of(shape, x.vocab)
     seq = int(p.seq_len)
     fpt = train_flops(dims, seq)
-    led.use("proxy matmul params", matmul_params(dims), f"proxy={p.get('name')} (proxy.model): {dims_text(dims)}")
+    led.use("proxy matmul params", matmul_params(dims), f"{where}: {dims_text(dims)}")
     trained = num_steps(p) * int(p.batch_size) * seq
     led.use("proxy tokens a trial", trained, "proxy.tokens, rounded up to whole steps of batch_size x seq_len")
     led.use("proxy FLOP a token", fpt, f"climb_hpc.estimate.train_flops_per_token at proxy.seq_len={seq}", "FLOP")
