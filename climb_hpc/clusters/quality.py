@@ -30,7 +30,7 @@ working directory when the stage is planned, and tasks use that absolute path.
 Memory: a task loads every axis's model at once, so with ``mem_gb: null`` and fastText raters the stage
 requests the models' total file size x ``MODEL_MEM_FACTOR`` plus ``quality.mem_margin_gb`` (fastText holds a
 .bin's matrices in memory at about their file size; the margin is the task's texts and the interpreter),
-rounded up to a whole GB (:func:`models_mem_gb`). NVIDIA's five classifiers are ~6.8 GB each: ~40 GB a task.
+rounded up to a whole GB (:func:`models_mem_gb`). NVIDIA's five classifiers are ~6.8 GB each: 37 GB a task.
 """
 
 from __future__ import annotations
