@@ -16,7 +16,9 @@
         writes (refreshes) DIR/report.html, one self-contained page, and its PNGs in DIR/report/
     climb-hpc train-raters input=LABELLED.jsonl output=DIR [text_field=text] [epoch=25 lr=0.5 wordNgrams=2 ...]
         fastText quality raters from a JSONL of {"text": ..., "quality": 0-5, "advertisement": 0-5,
-        "informational": 0-5, "educational": 0-5}; use them with quality.raters=DIR
+        "informational": 0-5, "educational": 0-5}; use them with quality.raters=DIR.
+        [convention=nvidia_climb] trains in the format of NVIDIA's released CLIMB classifiers (labels -1..5,
+        their preprocessing, best_model_<axis>.bin); [axes=a,b,c] picks the axes (docs/quality.md)
 """
 
 from __future__ import annotations
@@ -187,6 +189,8 @@ def cmd_train_raters(args: list[str]) -> int:
     if "input" not in kv or "output" not in kv:
         raise ConfigError("train-raters needs input=LABELLED.jsonl and output=DIR")
     inp, out, text_field = kv.pop("input"), kv.pop("output"), kv.pop("text_field", "text")
+    conv = kv.pop("convention", None)
+    axes = [a.strip() for a in kv.pop("axes").strip("[]").split(",") if a.strip()] if "axes" in kv else None
     params: dict[str, object] = {}
     for k, v in kv.items():
         default = TRAIN_DEFAULTS.get(k)
@@ -195,12 +199,13 @@ def cmd_train_raters(args: list[str]) -> int:
         except ValueError:
             params[k] = v  # a string argument of train_supervised (loss=hs, ...)
     try:
-        info = train_raters(inp, out, text_field=text_field, **params)
+        info = train_raters(inp, out, text_field=text_field, convention_name=conv, axes=axes, **params)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for axis, a in info["axes"].items():
         print(f"  {axis:<14} {a['examples']:>7} examples  labels {a['label_counts']}  {a['seconds']:.1f} s")
-    print(f"raters in {out}; use them with quality.raters={out}")
+    how = f"quality.raters={out}" + (f" quality.convention={conv}" if conv and conv != "climb_hpc" else "")
+    print(f"raters in {out}; use them with {how}" + (f" quality.axes=[{','.join(axes)}]" if axes else ""))
     return 0
 
 

@@ -18,7 +18,8 @@ Types: ``int``, ``float``, ``bool``, ``str``, ``list[...]`` and nested dataclass
 A key that takes an integer or a fraction (``chunk_mb``, ``warmup``, ``mem_gb`` ...) is ``Any`` marked
 :func:`number`, so its YAML value is kept as written (64 stays 64, not 64.0); ``Optional[...]`` allows null.
 The open maps (:data:`climb_hpc.validate.OPEN_MAPS`: ``cluster.stage_resources``, ``cluster.extra_sbatch``,
-``plan.hardware``, ``search.predictor``) are ``dict[str, Any]``: their keys are the user's.
+``plan.hardware``, ``search.predictor``) are ``dict[str, Any]``: their keys are the user's (and
+``clusters.refine.thresholds``, ``dict[str, Optional[float]]``: its keys are the raters' axes).
 """
 
 from __future__ import annotations
@@ -163,9 +164,13 @@ class Embed:
 @dataclass
 class Quality:
     raters: str
+    convention: str
+    axes: Optional[list[str]]
+    score: Optional[str]
     batch_size: int
     cpus: int
     mem_gb: Any = number()
+    mem_margin_gb: Any = number()
     time_min: int
 
 
@@ -194,21 +199,11 @@ class Assign:
 
 
 @dataclass
-class Thresholds:
-    """Refine's pruning thresholds on the raters' axes (null: the axis is not used)."""
-
-    quality: Optional[float]
-    advertisement: Optional[float]
-    informational: Optional[float]
-    educational: Optional[float]
-
-
-@dataclass
 class Refine:
     from_field: Optional[str]
     prune: bool
     axes: list[str]
-    thresholds: Thresholds
+    thresholds: dict[str, Optional[float]]  # axis -> threshold (null: the axis is not used); the axes are the raters'
     min_size: int
     linkage: str
     merge_distance: float

@@ -50,7 +50,7 @@ POSITIVE_NUM = {
     "report_s", "rms_norm_eps", "rope_theta", "temperature", "tokenize_tokens_s", "save_shard_gb",
     "zero_bucket_size", "zero3_max_live_parameters",
 }
-NONNEG_NUM = {"squeue_backoff_s", "dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
+NONNEG_NUM = {"mem_margin_gb", "squeue_backoff_s", "dedup_tol", "grad_clip", "hidden_weight", "lm_weight", "min_weight", "step_s", "warmup", "weight_decay"}
 # plan.cpu: GFLOP/s a core by kind of work, and task start-up seconds, of a CPU profile
 POSITIVE_NUM |= {"encoder_gflops", "kmeans_gflops", "proxy_gflops", "llm_gflops", "distill_gflops", "forward_gflops"}
 NONNEG_NUM |= {"task_start_s", "model_task_start_s"}
@@ -62,9 +62,11 @@ INTERVALS = {
     # plan.mfu.*: achieved fraction of the peak
     "encoder": (0.0, 1.0, False, True), "kmeans": (0.0, 1.0, False, True), "proxy": (0.0, 1.0, False, True),
     "llm": (0.0, 1.0, False, True), "forward": (0.0, 1.0, False, True),
-    # clusters.refine.thresholds.*: the raters' 0-5 scale
+    # clusters.refine.thresholds.*: the raters' 0-5 scale (NVIDIA's CLIMB classifiers' axes: -1..5)
     "quality": (0.0, 5.0, True, True), "advertisement": (0.0, 5.0, True, True),
     "informational": (0.0, 5.0, True, True), "educational": (0.0, 5.0, True, True),
+    "informational_value": (-1.0, 5.0, True, True), "cultural_value": (-1.0, 5.0, True, True),
+    "educational_value": (-1.0, 5.0, True, True),
 }
 CHOICES = {
     "cluster.executor": ("local", "debug", "slurm"),
@@ -81,20 +83,23 @@ CHOICES = {
     "search.final": ("predictor", "best_measured"),
     "corpus.damaged_files": ("fail", "quarantine"),
     "preflight": ("run", "skip"),
+    "quality.convention": ("climb_hpc", "nvidia_climb"),
+    "quality.score": ("expected", "argmax"),
 }
 #: Keys that must hold a value (null would reach int() / range() in the code).
 NOT_NULL = {
     "array_parallelism", "batch_size", "budget", "chunk_mb", "chunk_rows", "ckpt_every", "global_batch_size",
     "k_init", "max_retries", "max_length", "nodes", "pool_size", "rows_per_group", "rows_per_shard", "samples",
     "seq_len", "shards_per_task", "tasks_per_node", "tokens", "gpus", "max_num_timeout", "signal_delay_s",
-    "poll_s", "run_dir", "text_field", "loss_chunk_tokens", "squeue_retries", "squeue_backoff_s",
+    "poll_s", "run_dir", "text_field", "mem_margin_gb", "loss_chunk_tokens", "squeue_retries", "squeue_backoff_s",
 }
 INT_RULES = POSITIVE_INT | NONNEG_INT | {"zero_stage"}
 NUMERIC_RULES = INT_RULES | POSITIVE_NUM | NONNEG_NUM | set(INTERVALS)
 
 #: Maps whose keys are the user's (a stage name, an sbatch option, a machine, a LightGBM parameter):
 #: ``a.b.key=value`` may add to them without Hydra's ``+``.
-OPEN_MAPS = ("cluster.stage_resources", "cluster.extra_sbatch", "plan.hardware", "search.predictor")
+OPEN_MAPS = ("cluster.stage_resources", "cluster.extra_sbatch", "plan.hardware", "search.predictor",
+             "clusters.refine.thresholds")  # (keyed by the raters' axes, quality.axes)
 
 
 def under_open_map(key: str) -> bool:

@@ -1,7 +1,10 @@
-"""Stage ``quality``: ingest docs -> ``quality/quality.zarr`` [n_docs, 4] float32, scores 0-5, higher = better.
+"""Stage ``quality``: ingest docs -> ``quality/quality.zarr`` [n_docs, n_axes] float32, higher = better.
 
-Columns, in order: quality, advertisement (5 = free of ads), informational, educational (see
-:mod:`climb_hpc.clusters.raters`). Rows and tasks are those of the embed layout (``embed/layout.json``):
+Columns: the rater's axes, in order (``quality.axes``; by default quality, advertisement (5 = free of ads),
+informational, educational, scores 0-5; NVIDIA's CLIMB classifiers, ``quality=nvidia_climb``: quality,
+advertisement, informational_value, cultural_value, educational_value, scores -1..5; see
+:mod:`climb_hpc.clusters.raters`). The names are recorded in the array's ``axes`` attribute (with ``range``),
+``layout.json`` and ``summary.json``: readers take them from there. Rows and tasks are those of the embed layout (``embed/layout.json``):
 row r is the r-th document in corpus order, task t writes the rows of embed task t — whole Zarr shards
 of ``rows_per_shard`` rows, one writer each — so the rules of :mod:`climb_hpc.embed.store` hold here
 too (controller creates the array once, a task deletes and rewrites its own shard files).
@@ -9,33 +12,40 @@ too (controller creates the array once, a task deletes and rewrites its own shar
 Layout under ``<run_dir>/quality/``::
 
     layout.json               n_docs, axes, shard/chunk rows, task -> rows, the rater (checked on resume)
-    quality.zarr/             Zarr v3, float32 [n_docs, 4], shards (rows_per_shard, 4)
+    quality.zarr/             Zarr v3, float32 [n_docs, n_axes], shards (rows_per_shard, n_axes); attributes
+                              axes, range
     stats/task_{t:05d}.json   docs, seconds, docs/s, and ``scores``: the task's per-axis sum / min / max /
                               count >= 3 of the rows it wrote (:func:`score_summary`)
     summary.json              per-axis mean / min / max / fraction >= 3, docs/s (finalize)
 
 finalize reduces the tasks' ``scores`` summaries (O(tasks x axes), however big the corpus: the 1e9 x 4
-float32 array is 16 GB) and checks every Zarr shard file exists; a task whose stats lack ``scores`` (made
+float32 array is 16 GB at 4 axes) and checks every Zarr shard file exists; a task whose stats lack ``scores`` (made
 before they existed) is summarised from its own rows, one task's rows in memory at a time.
 
-Raters (``quality.raters``): ``heuristic`` (built in, default) or a folder holding
-``{quality,advertisement,informational,educational}.bin`` fastText models, e.g. from
-``climb-hpc train-raters``. A relative folder is resolved against the controller's working directory
-when the stage is planned, and tasks use that absolute path.
+Raters (``quality.raters``): ``heuristic`` (built in, default) or a folder of fastText models, one an
+axis, named as ``quality.convention`` says (``<axis>.bin`` from ``climb-hpc train-raters``;
+``best_model_<axis>.bin`` as NVIDIA released them). A relative folder is resolved against the controller's
+working directory when the stage is planned, and tasks use that absolute path.
+
+Memory: a task loads every axis's model at once, so with ``mem_gb: null`` and fastText raters the stage
+requests the models' total file size x ``MODEL_MEM_FACTOR`` plus ``quality.mem_margin_gb`` (fastText holds a
+.bin's matrices in memory at about their file size; the margin is the task's texts and the interpreter),
+rounded up to a whole GB (:func:`models_mem_gb`). NVIDIA's five classifiers are ~6.8 GB each: 37 GB a task.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from omegaconf import DictConfig
 
-from climb_hpc.clusters.raters import AXES, MAX_SCORE, load_rater
+from climb_hpc.clusters.raters import Rater, load_rater, models_bytes, rater_from_description, score_range
 from climb_hpc.config import section
 from climb_hpc.embed import store as embed_store
 from climb_hpc.estimate import Inputs, Ledger, Work, rate
@@ -50,6 +60,8 @@ if TYPE_CHECKING:
 NAME = "quality"
 DTYPE = "float32"
 LAYOUT_VERSION = 1
+#: resident memory of a loaded fastText model per byte of its .bin file (the matrices dominate both)
+MODEL_MEM_FACTOR = 1.1
 
 
 # ---------------------------------------------------------------- paths
@@ -102,7 +114,8 @@ def summary_path(rd: RunDir) -> Path:
 
 
 def open_quality(rd: RunDir) -> zarr.Array:
-    """The scores [n_docs, 4] float32, rows in corpus order (ids: ``embed.load_id_to_row``)."""
+    """The scores [n_docs, n_axes] float32, rows in corpus order (ids: ``embed.load_id_to_row``); the column
+    names are its ``axes`` attribute."""
     import zarr
 
     return zarr.open_array(str(store_path(rd)), mode="r")
@@ -121,12 +134,34 @@ def rater_spec(cfg: DictConfig) -> str:
     return "heuristic" if str(spec) == "heuristic" else str(Path(str(spec)).expanduser().resolve())
 
 
-def make_layout(embed_layout: dict[str, Any], rater: dict[str, Any]) -> dict[str, Any]:
-    """The embed layout's rows and tasks, 4 float32 columns."""
+def make_rater(cfg: DictConfig) -> Rater:
+    """The rater ``quality.{raters,convention,axes,score}`` configure (loads its models)."""
+    q = _q(cfg)
+    axes = list(q.axes) if q.axes else None
+    return load_rater(rater_spec(cfg), q.convention, axes, q.score)
+
+
+def models_mem_gb(cfg: DictConfig) -> Optional[int]:
+    """GB a task needs for the fastText models it loads (all axes at once) plus ``quality.mem_margin_gb``, from
+    the files' sizes; None for the heuristic rater, or when a model file is missing (``prepare`` then refuses
+    the stage, naming it)."""
+    spec = rater_spec(cfg)
+    if spec == "heuristic":
+        return None
+    q = _q(cfg)
+    try:
+        size = models_bytes(spec, q.convention, list(q.axes) if q.axes else None)
+    except (FileNotFoundError, ValueError):
+        return None
+    return math.ceil(MODEL_MEM_FACTOR * size / 2**30 + float(q.mem_margin_gb))
+
+
+def make_layout(embed_layout: dict[str, Any], rater: dict[str, Any], axes: list[str]) -> dict[str, Any]:
+    """The embed layout's rows and tasks, one float32 column an axis."""
     return {
         "version": LAYOUT_VERSION,
         "n_docs": embed_layout["n_docs"],
-        "axes": list(AXES),
+        "axes": list(axes),
         "dtype": DTYPE,
         "rows_per_shard": embed_layout["rows_per_shard"],
         "chunk_rows": embed_layout["chunk_rows"],
@@ -161,7 +196,8 @@ def ensure_array(path: Path, layout: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         zarr.create_array(store=str(tmp), shape=want["shape"], chunks=want["chunks"], shards=want["shards"],
                           dtype=DTYPE, fill_value=float("nan"), zarr_format=3, dimension_names=("doc", "axis"),
-                          attributes={"axes": list(AXES), "range": [0, MAX_SCORE], "higher_is_better": True,
+                          attributes={"axes": list(layout["axes"]), "range": list(score_range(layout["rater"])),
+                                      "higher_is_better": True,
                                       "rows": "corpus order, as embed/embeddings.zarr"})
 
 
@@ -186,9 +222,8 @@ def write_rows(path: Path, layout: dict[str, Any], a: int, b: int, values: np.nd
 def prepare(cfg: DictConfig, rd: RunDir) -> None:
     """One task per embed task (same rows): writes layout.json and creates the array, once; a stored layout
     planned with other raters or another corpus is refused."""
-    spec = rater_spec(cfg)
-    rater = load_rater(spec).describe()  # fails here, in the controller, on a bad raters folder
-    layout = make_layout(embed_store.load_layout(rd), rater)
+    rater = make_rater(cfg)  # fails here, in the controller, on a bad raters folder
+    layout = make_layout(embed_store.load_layout(rd), rater.describe(), list(rater.axes))
     stored = read_json(layout_path(rd))
     if stored is not None and stored != layout:
         raise RuntimeError(
@@ -210,7 +245,8 @@ def reads(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def resources(cfg: DictConfig) -> Resources:
-    return Resources.from_config(_q(cfg))
+    """The config's; ``mem_gb: null`` with fastText raters asks for :func:`models_mem_gb`."""
+    return Resources.from_config(_q(cfg), mem_gb=models_mem_gb(cfg))
 
 
 def load_layout(rd: RunDir) -> dict[str, Any]:
@@ -224,15 +260,16 @@ def load_layout(rd: RunDir) -> dict[str, Any]:
 
 
 def rate_rows(rd: RunDir, layout: dict[str, Any], a: int, b: int, batch_size: int) -> np.ndarray:
-    rater = load_rater(layout["rater"].get("dir") or "heuristic")
+    rater = rater_from_description(layout["rater"])
     if rater.describe() != layout["rater"]:
         raise RuntimeError(f"quality: the raters changed since the stage was planned ({rater.describe()} != "
                            f"{layout['rater']}); use a new run folder")
     texts = embed_store.read_rows(rd, embed_store.load_layout(rd), a, b, columns=("text",)).column("text").to_pylist()
     parts = [rater.rate(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
-    scores = np.concatenate(parts) if parts else np.empty((0, len(AXES)), np.float32)
-    if not np.isfinite(scores).all() or scores.min(initial=0) < 0 or scores.max(initial=0) > MAX_SCORE:
-        raise RuntimeError(f"quality rows [{a}, {b}): scores outside [0, {MAX_SCORE}]")
+    scores = np.concatenate(parts) if parts else np.empty((0, len(layout["axes"])), np.float32)
+    lo, hi = score_range(layout["rater"])
+    if not np.isfinite(scores).all() or scores.min(initial=lo) < lo or scores.max(initial=hi) > hi:
+        raise RuntimeError(f"quality rows [{a}, {b}): scores outside [{lo}, {hi}]")
     return scores
 
 
@@ -314,11 +351,12 @@ def finalize(cfg: DictConfig, rd: RunDir) -> None:
 
     def per_axis(values: list[float], dtype: type = np.float32) -> dict[str, float]:
         """Rounded as before the summaries existed: scores' statistics in float32, fractions in float64."""
-        return dict(zip(AXES, np.round(np.asarray(values, dtype=dtype), 4).tolist(), strict=True))
+        return dict(zip(layout["axes"], np.round(np.asarray(values, dtype=dtype), 4).tolist(), strict=True))
 
     secs = sum(s.get("seconds", 0.0) for s in stats)
     summary = {
-        "n_docs": layout["n_docs"], "axes": list(AXES), "tasks": len(layout["tasks"]), "rater": layout["rater"],
+        "n_docs": layout["n_docs"], "axes": list(layout["axes"]), "range": list(score_range(layout["rater"])),
+        "tasks": len(layout["tasks"]), "rater": layout["rater"],
         "mean": per_axis([v / n for v in total["sum"]]), "min": per_axis(total["min"]),
         "max": per_axis(total["max"]), "frac_ge_3": per_axis([v / n for v in total["ge_3"]], np.float64),
         "rate_seconds": round(secs, 3), "docs_per_s": round(layout["n_docs"] / max(secs, 1e-9), 1),

@@ -7,8 +7,9 @@ Outputs under ``<run_dir>/refine/``::
                            (size, mean scores, kept or why pruned, final cluster)
     doc_clusters.parquet   id: string, cluster: int32 (-1: pruned), one row per document in row order
 
-Pruning: with ``quality/quality.zarr`` (float32 [n_docs, n_axes], 0-5, higher = better, rows as the
-embeddings) each initial cluster's mean per axis is compared with ``clusters.refine.thresholds``; a
+Pruning: with ``quality/quality.zarr`` (float32 [n_docs, n_axes], higher = better, rows as the embeddings;
+its ``axes`` attribute names the columns, its ``range`` the scale: 0-5, or -1..5 for NVIDIA's CLIMB
+classifiers) each initial cluster's mean per axis is compared with ``clusters.refine.thresholds``; a
 cluster is pruned when any thresholded axis mean is below its threshold, or it has fewer than
 ``min_size`` docs (empty clusters always go). Without quality scores pruning is skipped (a warning,
 and ``"pruning": "skipped: no quality scores"``); ``prune: false`` keeps every non-empty cluster.
@@ -288,6 +289,15 @@ def open_scores(rd: RunDir, n_docs: int, axes: Sequence[str]) -> tuple[Any, list
     return arr, names
 
 
+def score_range(scores: Any) -> Optional[list[float]]:
+    """The scores' [lowest, highest] as the quality store records it (``range`` attribute; 0-5 when a store
+    lacks it), or None without scores."""
+    if scores is None:
+        return None
+    r = dict(scores.attrs).get("range")
+    return [float(r[0]), float(r[1])] if r and len(r) == 2 else [0.0, 5.0]
+
+
 @contextmanager
 def doc_clusters_writer(path: Path) -> Iterator[Callable[[pa.Array, np.ndarray], None]]:
     """``write(ids, cluster)`` appends one row group to ``path`` (renamed into place when the block ends).
@@ -427,7 +437,8 @@ def run(cfg: DictConfig, rd: RunDir, task: int) -> None:
     kept = write_refined(rd, layout, labels, initial_to_final)
     if kept != info["kept_docs"] or info["n_docs"] != layout["n_docs"]:
         raise RuntimeError(f"refine: wrote {kept} kept docs, the clusters hold {info['kept_docs']} of {info['n_docs']}")
-    info = {"pruning": mode, "axes": axes, "thresholds": thresholds if scores is not None else {},
+    info = {"pruning": mode, "axes": axes, "range": score_range(scores),
+            "thresholds": thresholds if scores is not None else {},
             "min_size": int(r.min_size),
             "merge": {"linkage": str(r.linkage), "criterion": "maxclust" if target else "distance",
                       "t": int(target) if target else float(r.merge_distance),

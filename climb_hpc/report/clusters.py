@@ -62,10 +62,11 @@ def _sizes_figure(ids: list[int], docs: list[int], tokens: dict[int, int] | None
     return fig
 
 
-def _quality_figure(ids: list[int], axes: list[str], means: np.ndarray, thresholds: dict[str, Any]) -> Figure:
+def _quality_figure(ids: list[int], axes: list[str], means: np.ndarray, thresholds: dict[str, Any],
+                    scale: tuple[float, float] = (0.0, 5.0)) -> Figure:
     fig = Figure(figsize=(max(5.0, 1.6 + 0.9 * len(axes)), max(2.6, min(10.0, 1.2 + 0.32 * len(ids)))))
     ax = fig.add_subplot()
-    im = ax.imshow(means, cmap="RdYlGn", vmin=0, vmax=5, aspect="auto")
+    im = ax.imshow(means, cmap="RdYlGn", vmin=scale[0], vmax=scale[1], aspect="auto")
     ax.set_xticks(range(len(axes)))
     ax.set_xticklabels([a + (f"\n(prune < {thresholds[a]})" if thresholds.get(a) is not None else "") for a in axes],
                        fontsize=8)
@@ -77,7 +78,7 @@ def _quality_figure(ids: list[int], axes: list[str], means: np.ndarray, threshol
         for i in range(len(ids)):
             for j in range(len(axes)):
                 ax.text(j, i, f"{means[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, pad=0.02).set_label("mean score (0-5, higher is better)")
+    fig.colorbar(im, ax=ax, pad=0.02).set_label(f"mean score ({scale[0]:g} to {scale[1]:g}, higher is better)")
     ax.set_title("mean quality scores of the kept clusters", fontsize=10)
     return fig
 
@@ -141,9 +142,10 @@ def section(ctx: Ctx) -> Section:
     axes = [a for a in (info.get("axes") or []) if any(a in (c.get("mean_scores") or {}) for c in final)]
     if axes:
         means = np.array([[float((c.get("mean_scores") or {}).get(a, np.nan)) for a in axes] for c in final])
-        ctx.figure(sec, _quality_figure(ids, axes, means, thresholds), "cluster_quality.png",
+        lo, hi = info.get("range") or (0.0, 5.0)  # the raters' scale (-1..5 for NVIDIA's CLIMB classifiers)
+        ctx.figure(sec, _quality_figure(ids, axes, means, thresholds, (lo, hi)), "cluster_quality.png",
                    "mean quality scores per final cluster",
-                   "Mean rater score of each kept cluster's documents, per axis (0-5).")
+                   f"Mean rater score of each kept cluster's documents, per axis ({lo:g} to {hi:g}).")
     else:
         sec.note("no quality scores: clusters were not rated (quality stage not in the pipeline)")
     fig = _refine_figure(initial, thresholds)
