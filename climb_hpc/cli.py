@@ -17,6 +17,9 @@
     climb-hpc train-raters input=LABELLED.jsonl output=DIR [text_field=text] [epoch=25 lr=0.5 wordNgrams=2 ...]
         fastText quality raters from a JSONL of {"text": ..., "quality": 0-5, "advertisement": 0-5,
         "informational": 0-5, "educational": 0-5}; use them with quality.raters=DIR
+    climb-hpc build-tasks corpus=PATH out=DIR [holdout=F] [seed=N] [items=N] [domains=a,b] [kinds=cont,answer]
+        local lm-eval multiple-choice tasks (data + task YAMLs) from the corpus's held-out docs, for
+        target=lm_eval target.include_path=DIR (docs/targets.md)
 """
 
 from __future__ import annotations
@@ -204,8 +207,18 @@ def cmd_train_raters(args: list[str]) -> int:
     return 0
 
 
+def cmd_build_tasks(args: list[str]) -> int:
+    from climb_hpc.evaltasks import cli
+
+    try:
+        return cli(args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan,
-            "preflight": cmd_preflight, "train-raters": cmd_train_raters, "export": cmd_export}
+            "preflight": cmd_preflight, "train-raters": cmd_train_raters, "export": cmd_export,
+            "build-tasks": cmd_build_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:
