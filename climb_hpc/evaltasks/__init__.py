@@ -80,7 +80,7 @@ def _rng(seed: int, task: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(task.encode())])
 
 
-def split_doc(text: str, max_context: int = 500, max_ending: int = 150, min_ending: int = 20
+def split_doc(text: str, max_context: int = 300, max_ending: int = 100, min_ending: int = 20
               ) -> Optional[tuple[str, str]]:
     """(context, ending): the text cut at a word boundary near its middle (at most ``max_context`` chars in),
     and up to ``max_ending`` chars after it, ending at a word boundary; None for a text too short."""

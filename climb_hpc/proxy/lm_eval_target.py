@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -232,6 +233,7 @@ def score(model: Any, tcfg: Mapping[str, Any], tokenizer: Any, eos_id: int,
     samples = samples_for(tcfg)
     was_training = model.training
     model.eval()
+    t0 = time.perf_counter()
     try:
         with autocast():
             res = run_lm_eval(model, hf_tokenizer(tokenizer, eos_id), tcfg, samples, int(tcfg["batch_size"]))
@@ -240,5 +242,5 @@ def score(model: Any, tcfg: Mapping[str, Any], tokenizer: Any, eos_id: int,
     per = {s.name: {"metric": s.metric, "value": metric_value(res, s.name, s.metric),
                     "items": len(samples[s.name]), "docs": info[s.name].docs} for s in specs}
     return {"kind": "lm_eval", "include_path": str(include_dir(tcfg)), "tasks": per,
-            "limit": tcfg["limit"], "seed": int(tcfg["seed"]),
+            "limit": tcfg["limit"], "seed": int(tcfg["seed"]), "seconds": round(time.perf_counter() - t0, 3),
             "value": float(np.mean([p["value"] for p in per.values()]))}
