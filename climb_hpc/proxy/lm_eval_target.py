@@ -24,13 +24,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from climb_hpc.proxy.target_errors import TargetError
+
 INSTALL = "pip install 'climb-hpc[eval]'"
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def _error(message: str) -> Exception:
-    from climb_hpc.proxy.targets import TargetError
-
     return TargetError(message)
 
 

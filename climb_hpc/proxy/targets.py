@@ -25,15 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from climb_hpc.minitron.losses import lm_loss_sum
+from climb_hpc.proxy.target_errors import TargetError
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
 
 DIRECTION = {"heldout": "lower", "jsonl": "lower", "mc": "higher", "lm_eval": "higher"}
-
-
-class TargetError(ValueError):
-    """The target config or its file is wrong; the message says what to fix."""
 
 
 # ---------------------------------------------------------------- LM loss on a packed stream
