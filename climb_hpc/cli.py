@@ -19,6 +19,9 @@
         "informational": 0-5, "educational": 0-5}; use them with quality.raters=DIR.
         [convention=nvidia_climb] trains in the format of NVIDIA's released CLIMB classifiers (labels -1..5,
         their preprocessing, best_model_<axis>.bin); [axes=a,b,c] picks the axes (docs/quality.md)
+    climb-hpc build-tasks corpus=PATH out=DIR [holdout=F] [seed=N] [items=N] [domains=a,b] [kinds=cont,answer]
+        local lm-eval multiple-choice tasks (data + task YAMLs) from the corpus's held-out docs, for
+        target=lm_eval target.include_path=DIR (docs/targets.md)
 """
 
 from __future__ import annotations
@@ -209,8 +212,18 @@ def cmd_train_raters(args: list[str]) -> int:
     return 0
 
 
+def cmd_build_tasks(args: list[str]) -> int:
+    from climb_hpc.evaltasks import cli
+
+    try:
+        return cli(args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan,
-            "preflight": cmd_preflight, "train-raters": cmd_train_raters, "export": cmd_export}
+            "preflight": cmd_preflight, "train-raters": cmd_train_raters, "export": cmd_export,
+            "build-tasks": cmd_build_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -258,6 +258,21 @@ def input_rows(cfg: DictConfig, names: list[str]) -> list[Check]:
                                 "readable copies")]
 
 
+def target_rows(cfg: DictConfig, names: list[str]) -> list[Check]:
+    """What the search's trials are scored on, checked as a trial would (``targets.check_target``): for lm_eval,
+    lm-eval installed, the task names under ``target.include_path``, their metrics and data files."""
+    from climb_hpc.proxy.targets import TargetError, check_target
+
+    if "search" not in names or str(cfg.target.kind) in ("heldout", "jsonl"):
+        return []
+    what = ("lm-eval tasks, metrics, data" if cfg.target.kind == "lm_eval" else "files, normalize")
+    try:
+        check_target(cfg.target)
+    except TargetError as e:
+        return [Check("search", f"target {cfg.target.kind}", "-", what, False, one_line(str(e)))]
+    return [Check("search", f"target {cfg.target.kind}", "ok", what, True)]
+
+
 def pruning_rows(teacher: Any, prune: Any) -> list[Check]:
     """The targets of ``minitron.prune`` against the teacher's config."""
     from climb_hpc.minitron.prune import choose_heads
@@ -548,6 +563,7 @@ def preflight(cfg: DictConfig, profile: Optional[str] = None, plan: Any = None) 
     GPUs' memory; None: the GPU memory and time limits are not checked). ``plan``: an already made plan to reuse."""
     rows, names = config_rows(cfg)
     rows += input_rows(cfg, names)
+    rows += target_rows(cfg, names)
     hw = plan.hardware if plan is not None else hardware_of(cfg, profile)
     ms = models(cfg, names, rows)
     if "teacher" in ms and any(n in names for n in ("prune", "distill")) and not cfg.minitron.distill.get("student"):

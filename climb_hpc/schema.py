@@ -284,6 +284,12 @@ class Target:
     max_tokens: int
     max_items: int
     normalize: str
+    files: Any = expect("a list of {path, normalize} mappings [{path: a.jsonl, normalize: char}] (or null)")
+    include_path: Optional[str]
+    tasks: Any = expect("a list of {name, metric} mappings [{name: my_task, metric: acc_norm}] (or null)")
+    metric: str
+    limit: Optional[int]
+    seed: int
     batch_size: int
     cluster_losses: bool
 

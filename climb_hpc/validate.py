@@ -31,7 +31,7 @@ from climb_hpc.schema import check
 POSITIVE_INT = {
     "array_parallelism", "batch_rows", "batch_size", "budget", "chunk_rows", "ckpt_every", "counter_tasks", "cpus",
     "dim", "dist_nodes", "final_candidates", "docs_per_domain", "global_batch_size", "head_dim", "hidden_size", "intermediate_size",
-    "k_init", "max_array_size", "max_parts", "element_max_time_min", "max_clusters", "max_items", "max_length", "max_points_per_centroid", "max_tokens",
+    "k_init", "limit", "max_array_size", "max_parts", "element_max_time_min", "max_clusters", "max_items", "max_length", "max_points_per_centroid", "max_tokens",
     "mc_max_items", "mc_tokens_per_item", "micro_batch_size", "min_frequency", "min_points_per_centroid", "min_size",
     "niter", "nodes", "nredo", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pool_size",
     "pretrain_tokens", "round_h", "round_start_min", "rows_per_group", "rows_per_shard", "sample_size", "samples",
@@ -77,7 +77,7 @@ CHOICES = {
     "corpus.compression": ("zstd", "snappy", "gzip", "none"),
     "embed.pooling": ("mean", "cls"),
     "embed.backend": ("transformers", "sentence_transformers"),
-    "target.kind": ("heldout", "jsonl", "mc"),
+    "target.kind": ("heldout", "jsonl", "mc", "lm_eval"),
     "target.normalize": ("char", "token", "none"),
     "search.strategy": ("climb", "regmix", "random"),
     "search.final": ("predictor", "best_measured"),
@@ -93,6 +93,8 @@ NOT_NULL = {
     "seq_len", "shards_per_task", "tasks_per_node", "tokens", "gpus", "max_num_timeout", "signal_delay_s",
     "poll_s", "run_dir", "text_field", "mem_margin_gb", "loss_chunk_tokens", "squeue_retries", "squeue_backoff_s",
 }
+#: Keys whose last part names a count elsewhere but that hold something else here.
+NOT_NUMERIC = {"target.tasks"}  # a list of {name, metric} (lm-eval tasks), not selftest.tasks' count
 INT_RULES = POSITIVE_INT | NONNEG_INT | {"zero_stage"}
 NUMERIC_RULES = INT_RULES | POSITIVE_NUM | NONNEG_NUM | set(INTERVALS)
 
@@ -146,7 +148,7 @@ def check_value(key: str, value: Any) -> None:
     for where in (key, name):
         if where in CHOICES and value not in CHOICES[where]:
             raise ConfigError(f"{key}={_describe(value)}: choose one of {', '.join(map(str, CHOICES[where]))}")
-    if name not in NUMERIC_RULES:
+    if name not in NUMERIC_RULES or key in NOT_NUMERIC:
         return
     if name in INT_RULES and not (_is_int(value) or (_is_num(value) and float(value).is_integer())):
         raise ConfigError(f"{key}={_describe(value)}: must be a whole number")  # 1e6 is one: see whole_numbers
@@ -230,7 +232,7 @@ def validate(cfg: DictConfig) -> None:
 #: Inputs named by path: (key, the stage that reads it). Checked before a launch when that stage will run.
 INPUT_PATHS = (
     ("tokenize.tokenizer", "tokenize"), ("quality.raters", "quality"), ("embed.model", "embed"),
-    ("target.path", "search"), ("proxy.init", "search"), ("minitron.teacher.path", "correct"), ("minitron.correct.data", "correct"),
+    ("target.path", "search"), ("proxy.init", "search"), ("target.include_path", "search"), ("minitron.teacher.path", "correct"), ("minitron.correct.data", "correct"),
     ("minitron.importance.model", "importance"), ("minitron.importance.mc_path", "importance"),
     ("minitron.prune.model", "prune"), ("minitron.distill.data", "distill"), ("minitron.distill.teacher", "distill"),
     ("minitron.distill.student", "distill"), ("mix.weights_from", "mix"),

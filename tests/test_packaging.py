@@ -66,6 +66,8 @@ def test_wheel_ships_configs_and_sbatch_scripts_and_one_faiss_per_extra(wheel):
     assert len(yamls) > 10 and not yamls - names, sorted(yamls - names)
     sbatch = {f"climb_hpc/slurm/{p.name}" for p in (ROOT / "slurm").glob("*.sbatch")}
     assert len(sbatch) == 3 and not sbatch - names, sorted(sbatch - names)
+    templates = {f"climb_hpc/evaltasks/templates/{p.name}" for p in (ROOT / "climb_hpc/evaltasks/templates").glob("*.yaml")}
+    assert len(templates) == 2 and not templates - names, sorted(templates - names)  # climb-hpc build-tasks
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "configs/", "slurm/", "hpc/"))]
 
     (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]

@@ -1,5 +1,5 @@
-"""What a proxy trial is scored on (``cfg.target``): LM loss on held-out docs or a JSONL, or multiple-choice
-accuracy by log-likelihood.
+"""What a proxy trial is scored on (``cfg.target``): LM loss on held-out docs or a JSONL, multiple-choice
+accuracy by log-likelihood, or lm-evaluation-harness tasks (:mod:`climb_hpc.proxy.lm_eval_target`).
 
 LM loss is the mean next-token NLL (nats) over a packed stream: ``[EOS] + doc + EOS + doc + EOS ...`` cut
 into windows of ``seq_len + 1`` tokens that overlap by one, so every token but the first is predicted once.
@@ -7,7 +7,8 @@ into windows of ``seq_len + 1`` tokens that overlap by one, so every token but t
 Multiple choice follows lm-evaluation-harness: each choice is scored as a continuation of the context,
 ``sum log p(choice tokens | EOS + context)``, optionally divided by the choice's length in characters
 (``normalize: char``, lm-eval's acc_norm) or tokens; the prediction is the best-scoring choice. A space
-is put between context and choice unless one of them already has it.
+is put between context and choice unless one of them already has it. Several files (``target.files``) are
+averaged, each with its own normalisation; ``target.max_items`` of a longer file are a seeded sample.
 """
 
 from __future__ import annotations
@@ -24,15 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from climb_hpc.minitron.losses import lm_loss_sum
+from climb_hpc.proxy.target_errors import TargetError
 
 if TYPE_CHECKING:
     from climb_hpc.rundir import RunDir
 
-DIRECTION = {"heldout": "lower", "jsonl": "lower", "mc": "higher"}
-
-
-class TargetError(ValueError):
-    """The target config or its file is wrong; the message says what to fix."""
+DIRECTION = {"heldout": "lower", "jsonl": "lower", "mc": "higher", "lm_eval": "higher"}
 
 
 # ---------------------------------------------------------------- LM loss on a packed stream
@@ -102,6 +100,7 @@ def heldout_streams(rd: RunDir, clusters: list[int], fraction: Optional[float], 
 
 
 def read_jsonl(path: str | Path, limit: Optional[int] = None) -> list[dict[str, Any]]:
+    """The records of a JSONL file, the first ``limit`` of them (None: all)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise TargetError(f"target file {p} does not exist")
@@ -138,10 +137,20 @@ def jsonl_stream(path: str | Path, field: str, tokenizer: Any, eos_id: int, max_
 # ---------------------------------------------------------------- multiple choice
 
 
-def read_mc(path: str | Path, max_items: Optional[int] = None) -> list[dict[str, Any]]:
-    """Validated ``{context, choices, answer}`` records; ``answer`` is an index or the text of a choice."""
+def seeded_subset(n: int, k: Optional[int], seed: int) -> list[int]:
+    """``k`` of ``range(n)`` chosen by a seeded permutation, in index order; all when ``k`` is None or >= n."""
+    if k is None or int(k) >= n:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng(int(seed)).permutation(n)[:int(k)])
+
+
+def read_mc(path: str | Path, max_items: Optional[int] = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Validated ``{context, choices, answer}`` records; ``answer`` is an index or the text of a choice. A file of
+    more than ``max_items`` records gives a seeded sample of them (:func:`seeded_subset`), in file order."""
+    rows = read_jsonl(path)
     items = []
-    for n, row in enumerate(read_jsonl(path, max_items), 1):
+    for i in seeded_subset(len(rows), max_items, seed):
+        row, n = rows[i], i + 1
         ctx, choices, ans = row.get("context"), row.get("choices"), row.get("answer")
         if not isinstance(ctx, str) or not isinstance(choices, list) or len(choices) < 2 \
                 or not all(isinstance(c, str) and c for c in choices):
@@ -212,12 +221,50 @@ def mc_accuracy(model: torch.nn.Module, tokenizer: Any, eos_id: int, items: list
 # ---------------------------------------------------------------- the target of a trial
 
 
-def check_target(tcfg: Mapping[str, Any]) -> str:
+def mc_files(tcfg: Mapping[str, Any]) -> list[dict[str, str]]:
+    """``target.files`` as ``[{path, normalize}]`` (a file's normalize defaults to ``target.normalize``), or
+    ``target.path`` alone."""
+    files = tcfg["files"]
+    if not files:
+        if not tcfg["path"]:
+            raise TargetError("target.kind=mc needs target.path (a JSONL file) or "
+                              "target.files=[{path: a.jsonl, normalize: char}, ...]")
+        return [{"path": str(tcfg["path"]), "normalize": str(tcfg["normalize"])}]
+    if tcfg["path"]:
+        raise TargetError("target.path and target.files are both set: give one file as target.path, or all in files")
+    out = []
+    for i, f in enumerate(files):
+        if isinstance(f, str):
+            f = {"path": f}
+        if not hasattr(f, "keys") or not f.get("path") or set(f.keys()) - {"path", "normalize"}:
+            raise TargetError(f"target.files[{i}]={f!r}: give {{path: file.jsonl, normalize: char|token|none}}")
+        norm = str(f.get("normalize") or tcfg["normalize"])
+        if norm not in ("none", "token", "char"):
+            raise TargetError(f"target.files[{i}].normalize={norm!r}: choose none, token or char")
+        out.append({"path": str(f["path"]), "normalize": norm})
+    return out
+
+
+def check_target(tcfg: Mapping[str, Any], deep: bool = True) -> str:
+    """The target's kind, or :class:`TargetError` for what would fail every trial. ``deep``: lm_eval tasks are
+    looked up and loaded (names, metrics, data files: a few seconds); else only the config's shape."""
     kind = str(tcfg.get("kind"))
     if kind not in DIRECTION:
-        raise TargetError(f"target.kind={kind!r}: choose heldout, jsonl or mc")
-    if kind in ("jsonl", "mc") and not tcfg.get("path"):
+        raise TargetError(f"target.kind={kind!r}: choose heldout, jsonl, mc or lm_eval")
+    if kind == "jsonl" and not tcfg.get("path"):
         raise TargetError(f"target.kind={kind} needs target.path (a JSONL file)")
+    if kind == "mc":
+        for f in mc_files(tcfg):
+            if not Path(f["path"]).expanduser().is_file():
+                raise TargetError(f"target file {f['path']} does not exist")
+    if kind == "lm_eval":
+        from climb_hpc.proxy import lm_eval_target
+
+        lm_eval_target.task_specs(tcfg)
+        lm_eval_target.include_dir(tcfg)
+        lm_eval_target.require_lm_eval()
+        if deep:
+            lm_eval_target.check(tcfg)
     return kind
 
 
@@ -249,10 +296,18 @@ def evaluate(model: torch.nn.Module, tcfg: Mapping[str, Any], rd: RunDir, *, clu
         stream = jsonl_stream(tcfg["path"], str(tcfg["text_field"]), tokenizer, eos_id, max_tokens)
         r = packed_loss(model, stream, seq_len, bs, device, autocast, loss_chunk)
         out["target"] = {"kind": kind, "path": str(tcfg["path"]), "tokens": r["tokens"], "value": r["loss"]}
+    elif kind == "mc":
+        files = []
+        for f in mc_files(tcfg):
+            items = read_mc(f["path"], int(tcfg["max_items"]), int(tcfg["seed"]))
+            r = mc_accuracy(model, tokenizer, eos_id, items, seq_len, device, f["normalize"], autocast)
+            files.append({"path": f["path"], "items": r["items"], "normalize": r["normalize"], "value": r["accuracy"]})
+        out["target"] = {"kind": kind, "files": files, "value": float(np.mean([f["value"] for f in files]))}
+        if len(files) == 1:  # one file: its fields at the top, as before target.files
+            out["target"].update({k: files[0][k] for k in ("path", "items", "normalize")})
     else:
-        items = read_mc(tcfg["path"], int(tcfg["max_items"]))
-        r = mc_accuracy(model, tokenizer, eos_id, items, seq_len, device, str(tcfg["normalize"]), autocast)
-        out["target"] = {"kind": kind, "path": str(tcfg["path"]), "items": r["items"],
-                         "normalize": r["normalize"], "value": r["accuracy"]}
+        from climb_hpc.proxy.lm_eval_target import score
+
+        out["target"] = score(model, tcfg, tokenizer, eos_id, autocast)
     out["target"]["direction"] = DIRECTION[kind]
     return out

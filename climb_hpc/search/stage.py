@@ -287,8 +287,18 @@ def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
     heldout = min(int(t.max_tokens), float(p.holdout_fraction) * x.tokens)
     kind = str(t.kind)
     if kind == "mc":
-        evals = int(t.max_items) * float(cfg.plan.mc_tokens_per_item) + (heldout if t.cluster_losses else 0)
-        src = "target.max_items x plan.mc_tokens_per_item (+ held-out cluster losses)"
+        files = max(1, len(t.files or []))
+        evals = files * int(t.max_items) * float(cfg.plan.mc_tokens_per_item) + (heldout if t.cluster_losses else 0)
+        src = "files x target.max_items x plan.mc_tokens_per_item (+ held-out cluster losses)"
+    elif kind == "lm_eval":
+        # tasks x items a task x the tokens of a question's choices (plan.mc_tokens_per_item: 4 choices x ~100);
+        # target.limit null scores every doc: target.max_items stands in for a task's size
+        named = None if OmegaConf.is_missing(t, "tasks") else t.tasks
+        tasks = len(named) if named is not None and not isinstance(named, str) else 1
+        items = int(t.limit) if t.limit is not None else int(t.max_items)
+        evals = tasks * items * float(cfg.plan.mc_tokens_per_item) + (heldout if t.cluster_losses else 0)
+        src = (f"{tasks} target.tasks x {'target.limit' if t.limit is not None else 'target.max_items (limit null)'}"
+               " x plan.mc_tokens_per_item (+ held-out cluster losses)")
     else:
         extra = kind != "heldout" and t.cluster_losses
         evals = (heldout if kind == "heldout" else int(t.max_tokens)) + (heldout if extra else 0)
