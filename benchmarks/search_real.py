@@ -2,6 +2,7 @@
 the real corpus, the target being math word problems held out from training.
 
     python benchmarks/search_real.py [--seeds 0 1 2] [--budget 12] [--tokens 100000] [--target jsonl|lm_eval]
+                                     [--strategies climb regmix random] [--strategy-budget climb_plus=8]
                                      [--clusters runs/bench_clusters/clusters] [--work runs/bench_search]
 
 * clusters: the embedding clusters of ``benchmarks/cluster_quality.py`` over ../shared/data/corpus (run
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from climb_hpc.config import compose  # noqa: E402
 from climb_hpc.rundir import RunDir, read_json  # noqa: E402
 
-STRATEGIES = ("climb", "regmix", "random")
+STRATEGIES = ("climb", "regmix", "random")  # also climb_plus (not by default)
 
 
 def target_overrides(work: Path, corpus: Path, a: argparse.Namespace) -> list[str]:
@@ -106,7 +107,8 @@ def prepare(work: Path, clusters_run: Path, corpus: Path, overrides: list[str], 
     return base
 
 
-def run_one(base: Path, work: Path, overrides: list[str], strategy: str, seed: int, uniform: bool) -> dict:
+def run_one(base: Path, work: Path, overrides: list[str], strategy: str, seed: int, uniform: bool,
+            budget: int | None = None) -> dict:
     from climb_hpc.pipeline import run_pipeline
 
     run = work / f"{strategy}_s{seed}"
@@ -114,7 +116,8 @@ def run_one(base: Path, work: Path, overrides: list[str], strategy: str, seed: i
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(base, run, ignore=shutil.ignore_patterns("proxy", "search", "mix", "logs"))
         cfg = compose([f"run_dir={run}", *overrides, f"seed={seed}", f"search.strategy={strategy}",
-                       f"search.references={'[uniform]' if uniform else '[]'}"])
+                       f"search.references={'[uniform]' if uniform else '[]'}",
+                       *([f"search.budget={budget}"] if budget is not None else [])])
         RunDir(run).save_config(cfg)
         run_pipeline(cfg)
     return read_json(run / "search" / "result.json")
@@ -127,6 +130,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=100_000)
     ap.add_argument("--holdout", type=float, default=0.05)
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    ap.add_argument("--strategy-budget", nargs="*", default=[], metavar="STRATEGY=N",
+                    help="a budget of its own for a strategy, e.g. climb_plus=8 (the others keep --budget)")
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "corpus")
     ap.add_argument("--clusters", type=Path, default=ROOT / "runs" / "bench_clusters" / "clusters")
     ap.add_argument("--work", type=Path, default=None,
@@ -139,6 +144,7 @@ def main() -> int:
     if not a.corpus.exists():
         print(f"{a.corpus} is missing: this benchmark needs ../shared/data/corpus")
         return 2
+    own = {k: int(v) for k, v in (x.split("=", 1) for x in a.strategy_budget)}
     a.work.mkdir(parents=True, exist_ok=True)
     overrides = base_overrides(a.work.resolve(), a.corpus.resolve(), a)
     if not (a.clusters.resolve() / "refine" / "doc_clusters.parquet").exists():
@@ -152,7 +158,8 @@ def main() -> int:
     seconds: list[float] = []
     for seed in a.seeds:
         for k, strategy in enumerate(a.strategies):
-            r = run_one(base, a.work.resolve(), overrides, strategy, seed, uniform=k == 0)
+            r = run_one(base, a.work.resolve(), overrides, strategy, seed, uniform=k == 0,
+                        budget=own.get(strategy))
             table[strategy].append(r["best"]["value"])
             if k == 0:
                 table["uniform"].append(r["references"]["uniform"]["value"])

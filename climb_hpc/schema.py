@@ -304,6 +304,12 @@ class Sampler:
 
 
 @dataclass
+class SearchPlus:
+    first_fraction: float
+    rounds: int
+
+
+@dataclass
 class Search:
     strategy: str
     budget: int
@@ -313,6 +319,7 @@ class Search:
     references: list[str]
     sampler: Sampler
     predictor: dict[str, Any]
+    plus: SearchPlus
     final: str  # the answer: predictor | best_measured (climb_hpc/search/final.py)
     final_candidates: int
     seed: Optional[int]

@@ -34,7 +34,7 @@ POSITIVE_INT = {
     "k_init", "limit", "max_array_size", "max_parts", "element_max_time_min", "max_clusters", "max_items", "max_length", "max_points_per_centroid", "max_tokens",
     "mc_max_items", "mc_tokens_per_item", "micro_batch_size", "min_frequency", "min_points_per_centroid", "min_size",
     "niter", "nodes", "nredo", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pool_size",
-    "pretrain_tokens", "round_h", "round_start_min", "rows_per_group", "rows_per_shard", "sample_size", "samples",
+    "pretrain_tokens", "round_h", "round_start_min", "rounds", "rows_per_group", "rows_per_shard", "sample_size", "samples",
     "seq_len", "shards_per_task", "sort_window", "steps", "target_clusters", "tasks", "tasks_per_element", "tasks_per_node", "threads",
     "time_min", "token_budget", "tokens", "tokens_per_doc", "train_sample_docs", "val_tokens", "vocab_size",
 }
@@ -57,6 +57,7 @@ NONNEG_NUM |= {"task_start_s", "model_task_start_s"}
 #: (low, high, low inclusive, high inclusive)
 INTERVALS = {
     "holdout_fraction": (0.0, 1.0, False, False),
+    "first_fraction": (0.0, 1.0, False, True),
     "min_lr_ratio": (0.0, 1.0, True, True),
     "decay": (0.0, 1.0, True, True),
     # plan.mfu.*: achieved fraction of the peak
@@ -79,7 +80,7 @@ CHOICES = {
     "embed.backend": ("transformers", "sentence_transformers"),
     "target.kind": ("heldout", "jsonl", "mc", "lm_eval"),
     "target.normalize": ("char", "token", "none"),
-    "search.strategy": ("climb", "regmix", "random"),
+    "search.strategy": ("climb", "climb_plus", "regmix", "random"),
     "search.final": ("predictor", "best_measured"),
     "corpus.damaged_files": ("fail", "quarantine"),
     "preflight": ("run", "skip"),

@@ -10,7 +10,16 @@ import pytest
 
 from climb_hpc.search.candidates import apply_cap, sample_candidates
 from climb_hpc.search.predictor import Predictor
-from climb_hpc.search.strategies import STRATEGIES, climb, random_search, regmix, split_budget
+from climb_hpc.search.strategies import (
+    STRATEGIES,
+    climb,
+    climb_plus,
+    farthest_points,
+    plus_rounds,
+    random_search,
+    regmix,
+    split_budget,
+)
 
 REGMIX = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "regmix"
 PRIOR = np.array([0.30, 0.25, 0.15, 0.10, 0.08, 0.06, 0.04, 0.02])
@@ -182,6 +191,49 @@ def test_regmix_and_random_budgets(pool: np.ndarray) -> None:
     assert [len(c) for c in ev.calls] == [25] and len(set(res.indices)) == 25 and res.predicted_best_index is None
     with pytest.raises(ValueError):
         random_search(pool, Recorder(y), len(pool) + 1, seed=0)
+
+
+def test_climb_plus_rounds_space_filling_first_round_and_greedy_rest(pool: np.ndarray) -> None:
+    y = smooth(pool)
+    ev = Recorder(y)
+    res = climb_plus(pool, ev, 28, seed=0, first_fraction=0.6, rounds=8)
+    assert [len(c) for c in ev.calls] == plus_rounds(28, 0.6, 8) == [17, 2, 2, 2, 2, 1, 1, 1]
+    assert len(res.indices) == 28 == len(set(res.indices)), "a candidate was tried twice"
+    first = ev.calls[0]
+    assert first == farthest_points(pool, np.arange(len(pool)), 17, np.random.default_rng(0))
+    # farthest points: each pick is the untried candidate farthest (L1) from the picks before it
+    for k in range(2, 17):
+        d = np.abs(pool[:, None, :] - pool[first[:k]][None]).sum(-1).min(1)
+        assert np.isclose(d[first[k]], d.max())
+    spread = lambda idx: np.abs(pool[idx][:, None] - pool[idx][None]).sum(-1).mean()  # noqa: E731
+    rand = [spread(np.random.default_rng(k).choice(len(pool), 17, replace=False)) for k in range(20)]
+    assert spread(first) > max(rand), "the first round should cover the pool better than random draws"
+    # each later round is the refit predictor's best untried candidates, best first
+    tried = list(first)
+    for r, picks in enumerate(ev.calls[1:], start=2):
+        pred = Predictor(seed=0 * 1000 + r)
+        pred.fit(pool[tried], y[tried])
+        untried = np.setdiff1d(np.arange(len(pool)), tried)
+        best = np.sort(pred.predict(pool[untried]))[:len(picks)]
+        assert np.allclose(np.sort(pred.predict(pool[picks])), best), f"round {r} is not the predicted best"
+        tried += picks
+
+
+def test_climb_plus_deterministic_resumable_and_beats_random(pool: np.ndarray) -> None:
+    y = smooth(pool)
+    a = climb_plus(pool, Recorder(y), 28, seed=7)
+    assert a.indices == climb_plus(pool, Recorder(y), 28, seed=7).indices
+    assert climb_plus(pool, Recorder(y), 28, seed=8).indices != a.indices
+    cache = dict(zip(a.indices, a.values, strict=True))
+    assert climb_plus(pool, lambda idx: [cache[i] for i in idx], 28, seed=7).indices == a.indices
+    assert climb_plus(pool, Recorder(-y), 28, seed=7, direction="higher").indices == a.indices
+    failed = climb_plus(pool, lambda idx: [float("nan") if i % 3 == 0 else float(y[i]) for i in idx], 28, seed=7)
+    assert len(failed.indices) == 28 and np.isfinite(failed.best_value)
+    regret = {s: np.mean([STRATEGIES[s](pool, Recorder(y), 24, seed=k).best_value - y.min() for k in range(4)])
+              for s in ("climb_plus", "random")}
+    assert regret["climb_plus"] < regret["random"], regret
+    assert plus_rounds(0) == [] and plus_rounds(2) == [2] and sum(plus_rounds(5)) == 5
+    assert all(sum(plus_rounds(b, f, n)) == b for b in range(0, 60) for f in (0.1, 0.6, 1.0) for n in (1, 3, 8))
 
 
 # --- real data -------------------------------------------------------------------------------------------------------

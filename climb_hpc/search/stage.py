@@ -3,7 +3,7 @@
 A driver stage: it runs in the controller and hands each round's batch of mixtures to
 ``climb_hpc.proxy.run_mixtures`` as one job array (group ``<strategy>_r<k>``). The candidate pool is
 drawn once from the seed (Dirichlet around the clusters' token shares, ``search.sampler``), and the
-strategy (``search.strategy``: climb | regmix | random, ``climb_hpc/search/strategies.py``) picks
+strategy (``search.strategy``: climb | climb_plus | regmix | random, ``climb_hpc/search/strategies.py``) picks
 from it. Every choice depends only on the seed and the measured values, so a preempted or killed
 search resumes by replaying: finished rounds answer at once from their groups' results, the round in
 flight re-attaches to its array, and tried configurations are never run again.
@@ -167,13 +167,15 @@ def drive(cfg: DictConfig, rd: RunDir, run_stage: RunStageFn) -> None:
         return [float(row["value"]) for row in rows]
 
     kwargs: dict[str, Any] = {"seed": _seed(cfg), "direction": direction}
-    if strategy in ("climb", "regmix"):
+    if strategy in ("climb", "climb_plus", "regmix"):
         kwargs["predictor_kwargs"] = {**(_plain(s.get("predictor")) or {})}
         kwargs["on_fit"] = lambda r, pred: pred.save(out.round_predictor(r))
     if strategy == "climb":
         kwargs["proportions"] = tuple(_plain(s.proportions))
         if s.get("top_n") is not None:
             kwargs["top_n"] = s.top_n
+    if strategy == "climb_plus":
+        kwargs.update(first_fraction=float(s.plus.first_fraction), rounds=int(s.plus.rounds))
     result = STRATEGIES[strategy](pool, evaluate, int(s.budget), **kwargs)
 
     refs = references(cfg, rd, clusters)
@@ -262,13 +264,16 @@ def estimate(cfg: DictConfig, x: Inputs, led: Ledger) -> Work:
     from climb_hpc.proxy.model import init_shape
     from climb_hpc.proxy.stage import ROOT as PROXY
     from climb_hpc.proxy.train import num_steps
-    from climb_hpc.search.strategies import split_budget
+    from climb_hpc.search.strategies import plus_rounds, split_budget
 
     s, p, t = cfg.search, cfg.proxy, cfg.target
     budget, strategy = int(led.use("search budget", int(s.budget), "search.budget", "trials")), str(s.strategy)
     if strategy == "climb":
         rounds = [m for m in split_budget(budget, [float(v) for v in s.proportions]) if m > 0]
         led.use("search rounds", rounds, "search.proportions (climb)", "trials")
+    elif strategy == "climb_plus":
+        rounds = plus_rounds(budget, float(s.plus.first_fraction), int(s.plus.rounds))
+        led.use("search rounds", rounds, "search.plus (climb_plus)", "trials")
     else:
         rounds = [budget - 1, 1] if strategy == "regmix" else [budget]
         led.use("search rounds", rounds, f"search.strategy={strategy}", "trials")
