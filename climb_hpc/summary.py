@@ -75,6 +75,12 @@ def mixture_lines(rd: RunDir) -> list[str]:
     kind = (res.get("target") or {}).get("kind", "target")
     line = [f"mixture     best of {len(res.get('trials', []))} proxy trials: {top}",
             f"            {kind} = {best['value']:.4f} ({'lower' if lower else 'higher'} is better)"]
+    final, pick = res.get("final") or {}, res.get("predictor_pick") or {}
+    if final.get("choice") == "predictor" and pick.get("weights"):
+        chosen = {int(c): float(w) for c, w in pick["weights"].items()}
+        top = ", ".join(f"c{c}: {w:.2f}" for c, w in sorted(chosen.items(), key=lambda kv: -kv[1]) if w >= 0.005)
+        measured = f", measured {pick['value']:.4f}" if isinstance(pick.get("value"), (int, float)) else ", not measured"
+        line.append(f"            answer (search.final=predictor): {top}; predicted {pick['predicted']:.4f}{measured}")
     for name, ref in (res.get("references") or {}).items():
         v = ref.get("value")
         if isinstance(v, (int, float)):

@@ -193,3 +193,20 @@ def test_replay_final_smoke() -> None:
     assert re.fullmatch(rf"regret@10 climb={num} random={num} final=predictor", lines[-2]), lines[-2]
     assert re.fullmatch(rf"regret@10 climb={num} random={num} final=best_measured", lines[-1]), lines[-1]
     assert any(re.match(r"\s+climb\s+10\s+\d\.\d{4} \(0\.0000\)\s+\d\.\d{4} \(0\.0000\)$", x) for x in lines)
+
+
+def test_run_summary_names_the_predictor_answer(tmp_path: Path) -> None:
+    from climb_hpc.search.stage import outputs
+    from climb_hpc.summary import mixture_lines
+
+    rd = RunDir(tmp_path / "run")
+    best, pick = {"0": 0.5, "1": 0.5}, {"0": 0.8, "1": 0.2}
+    doc = {"best": {"weights": best, "value": 1.0}, "trials": [{}, {}], "direction": "lower",
+           "predictor_pick": {"weights": pick, "measured": False, "predicted": 0.9, "value": None},
+           "final": {"choice": "best_measured", "weights": best}}
+    atomic_write_json(outputs(rd).result, doc)
+    assert not any("answer" in line for line in mixture_lines(rd)), "best_measured: the best trial is the answer"
+    doc["final"] = {"choice": "predictor", "weights": pick}
+    atomic_write_json(outputs(rd).result, doc)
+    line = [x for x in mixture_lines(rd) if "answer" in x]
+    assert line and "c0: 0.80" in line[0] and "predicted 0.9000, not measured" in line[0]
