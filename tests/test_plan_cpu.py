@@ -56,7 +56,7 @@ def test_the_built_in_corpus_is_planned_as_the_stages_cut_it():
     rows = {s.stage: s for s in plan.stages}
     assert rows["ingest"].tasks == rows["tokenize"].tasks == 7        # one file a domain, one shard each
     assert rows["embed"].tasks == rows["quality"].tasks == rows["assign"].tasks == 1  # 2,800 docs < 4,096 a task
-    assert rows["search"].tasks == 16                                   # 8 + 4 + 2 trials + 2 references
+    assert rows["search"].tasks == 16                                   # 14 trials (climb_plus) + 2 references
     assert rows["search"].concurrent == 2 and rows["embed"].concurrent == 1  # 1-core trials, 2-core embed, on 2 cores
     sources = {a.name: a.source for a in plan.assumptions}
     assert sources["CPU GFLOP/s a core, proxy"] == "plan.cpu.proxy_gflops"
@@ -66,10 +66,14 @@ def test_the_built_in_corpus_is_planned_as_the_stages_cut_it():
 
 
 def test_debug_runs_one_task_at_a_time():
-    local, debug = plan_of("cluster=local", "cluster.cpus=2"), plan_of("cluster=debug")
+    climb = "search.strategy=climb"  # rounds 8 + 4 + 2, then 2 references
+    local, debug = plan_of("cluster=local", "cluster.cpus=2", climb), plan_of("cluster=debug", climb)
     li, di = (next(s for s in p.stages if s.stage == "search") for p in (local, debug))
     assert li.concurrent == 2 and di.concurrent == 1
     assert di.wall_h == pytest.approx(16 * di.task_h) and li.wall_h == pytest.approx(8 * li.task_h)
+    # climb_plus: rounds 8 + 1 x 6 (each a wave of its own on 2 cores), then 2 references: 4 + 6 + 1 waves
+    plus = next(s for s in plan_of("cluster=local", "cluster.cpus=2").stages if s.stage == "search")
+    assert plus.wall_h == pytest.approx(11 * plus.task_h)
 
 
 def test_time_limits_and_job_shapes_come_from_the_stages_own_resources():

@@ -91,6 +91,7 @@ def test_the_experiment_selects_the_presets_and_the_climb_search():
     assert cfg.cluster.stage_resources.distill.nodes == 32  # the cluster profile's, untouched
     assert cfg.clusters.kmeans.k_init == 1000
     assert split_budget(cfg.search.budget, list(cfg.search.proportions)) == [64, 32, 16]
+    assert cfg.search.strategy == "climb", "the paper preset runs the paper's loop"
     from climb_hpc.corpus.identity import run_tokenizer
 
     assert run_tokenizer(cfg) == "/models/llama"  # the teacher's tokenizer

@@ -157,7 +157,7 @@ def test_the_report_stage_writes_one_self_contained_page_with_every_section(runs
 def test_the_sections_show_the_runs_own_numbers(runs):
     run = runs["run"]
     page = Parsed((run / "report.html").read_text())
-    for stage in ("ingest", "embed", "refine", "search", "proxy/climb_r1", "proxy/references", "distill"):
+    for stage in ("ingest", "embed", "refine", "search", "proxy/climb_plus_r1", "proxy/references", "distill"):
         assert page.row("Run summary", stage)[1] == "complete", stage
 
     clusters = read_json(run / "refine" / "clusters.json")

@@ -25,7 +25,7 @@ from climb_hpc.rundir import RunDir, read_json
 from climb_hpc.search.mix import outputs as mix_outputs
 from tests.conftest import ROOT, SMALL_PROXY, TOKENIZED, clone_run, tokenized_run
 
-SEARCH = ("pipeline.stages=[ingest,refine,tokenize,search,mix]", "proxy.tokens=4096", "search.budget=7",
+SEARCH = ("pipeline.stages=[ingest,refine,tokenize,search,mix]", "proxy.tokens=4096", "search.strategy=climb", "search.budget=7",
           "search.pool_size=300", "mix.tokens=30000")
 
 
@@ -108,7 +108,8 @@ def test_killed_search_resumes_where_it_stopped_and_matches_an_uninterrupted_one
     assert a["predictor_pick"] == b["predictor_pick"] and a["final"] == b["final"]  # the same answer on resume
 
 
-@pytest.mark.parametrize("strategy,rounds", [("random", [1] * 7), ("regmix", [1] * 6 + [2])])
+@pytest.mark.parametrize("strategy,rounds", [("random", [1] * 7), ("regmix", [1] * 6 + [2]),
+                                             ("climb_plus", [1] * 4 + [2, 3, 4])])
 def test_baselines_spend_the_same_budget(tokenized, tmp_path, strategy, rounds):
     cfg = clone_run(tokenized, tmp_path / "run", "cluster=debug", *SEARCH, f"search.strategy={strategy}",
                     "search.references=[]", "until=search")
