@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from climb_hpc.clusters import assign, kmeans, quality, refine  # noqa: E402
+from climb_hpc.clusters.raters import AXES  # noqa: E402
 from climb_hpc.config import compose  # noqa: E402
 from climb_hpc.corpus import dedup, ingest  # noqa: E402
 from climb_hpc.corpus.dedup import write_hashes  # noqa: E402
@@ -115,7 +116,7 @@ def write_embed(rd: RunDir, doc_shards: list[tuple[str, int]], dim: int, rows_pe
 
 def write_quality(rd: RunDir, layout: dict[str, Any], truth: np.ndarray, seed: int) -> None:
     """Scores in [0, 5] (the docs of center 0 low: refine prunes them) and the stats a quality task writes."""
-    q = quality.make_layout(layout, {"kind": "synthetic"})
+    q = quality.make_layout(layout, {"kind": "synthetic"}, list(AXES))
     atomic_write_json(quality.layout_path(rd), q)
     quality.ensure_array(quality.store_path(rd), q)
     rng = np.random.default_rng(seed)
